@@ -1,0 +1,1 @@
+"""Concrete adapters: database, MQTT, payment gateways."""

@@ -1,0 +1,1 @@
+"""Relational storage (SQLite, PostgreSQL, MariaDB/MySQL) through SQLAlchemy Core."""

@@ -1,0 +1,1 @@
+"""MQTT: the client with its reconnect loop, and the embedded broker."""

@@ -1,0 +1,164 @@
+"""The one place concrete adapters are built and wired; the app and CLI start from here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from vendhub.adapters.db.engine import create_engine
+from vendhub.adapters.mqtt.client import MqttClient, MqttConfig
+from vendhub.adapters.mqtt.embedded import EmbeddedBroker
+from vendhub.adapters.payments.sandbox import SandboxProvider
+from vendhub.config import Settings
+from vendhub.metrics import Metrics
+from vendhub.protocol.topics import INBOUND_KINDS, fleet_filter
+from vendhub.services import auth, commands
+from vendhub.services.context import ServiceContext, Tunables
+from vendhub.services.ports import PaymentProvider
+from vendhub.workers.intake import Intake
+from vendhub.workers.publisher import OutboxPublisher
+from vendhub.workers.timers import run_timers
+
+log = logging.getLogger(__name__)
+
+
+def tunables_from(settings: Settings) -> Tunables:
+    return Tunables(
+        topic_prefix=settings.mqtt_topic_prefix,
+        motor_margin_ms=settings.motor_margin_ms,
+        result_grace_ms=settings.result_grace_ms,
+        dispense_max_attempts=settings.dispense_max_attempts,
+        command_ttl_s=settings.command_ttl_s,
+        order_ttl_s=settings.order_ttl_s,
+        default_machine_id=settings.machine_id,
+    )
+
+
+def build_payment_provider(settings: Settings) -> PaymentProvider:
+    if settings.payment_provider == "sandbox":
+        return SandboxProvider(settings.payment_server_key, settings.base_url())
+    raise NotImplementedError(
+        "PAYMENT_PROVIDER=midtrans is not available yet (see the payments issue); use sandbox"
+    )
+
+
+def mqtt_config(settings: Settings) -> MqttConfig:
+    if settings.embedded_broker:
+        return MqttConfig(
+            host=settings.mqtt_embedded_bind,
+            port=settings.mqtt_embedded_port,
+            client_id=settings.mqtt_client_id,
+            publish_timeout_s=settings.mqtt_publish_timeout_s,
+        )
+    return MqttConfig.from_url(
+        settings.mqtt_broker_url,
+        username=settings.mqtt_username,
+        password=settings.mqtt_password,
+        client_id=settings.mqtt_client_id,
+        publish_timeout_s=settings.mqtt_publish_timeout_s,
+    )
+
+
+@dataclass
+class Container:
+    """Everything `vendhub serve` runs, built without I/O; `start` and `stop` do the I/O."""
+
+    settings: Settings
+    engine: AsyncEngine
+    ctx: ServiceContext
+    payments: PaymentProvider
+    metrics: Metrics
+    mqtt: MqttClient
+    intake: Intake
+    publisher: OutboxPublisher
+    broker: EmbeddedBroker | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self, *, workers: bool = True) -> None:
+        if self.broker is not None:
+            await self.broker.start()
+        if self.settings.admin_username and await auth.ensure_admin(
+            self.ctx, self.settings.admin_username, self.settings.admin_password
+        ):
+            log.info("created bootstrap admin user %r", self.settings.admin_username)
+        if not workers:
+            return
+        self.intake.start()
+        # After a crash: units queued behind a command that has since settled get sent.
+        await commands.resume_idle_machines(self.ctx)
+        self._tasks = [
+            asyncio.create_task(self.mqtt.run(), name="mqtt"),
+            asyncio.create_task(self.publisher.run(), name="outbox"),
+            asyncio.create_task(run_timers(self.ctx, self.metrics), name="timers"),
+        ]
+
+    async def stop(self) -> None:
+        await self.mqtt.stop()
+        await self.intake.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.broker is not None:
+            await self.broker.stop()
+        await self.engine.dispose()
+
+    def mqtt_connected(self) -> bool:
+        return self.mqtt.connected
+
+
+def build(settings: Settings) -> Container:
+    engine = create_engine(settings.resolved_database_url)
+    metrics = Metrics()
+    ctx = ServiceContext(engine=engine, tunables=tunables_from(settings))
+    intake = Intake(ctx, metrics)
+    prefix = settings.mqtt_topic_prefix
+    mqtt = MqttClient(
+        config=mqtt_config(settings),
+        subscriptions=[fleet_filter(prefix, k, settings.mqtt_share_group) for k in INBOUND_KINDS],
+        on_message=intake.handle,
+    )
+    publisher = OutboxPublisher(ctx, mqtt, metrics)
+    container = Container(
+        settings=settings,
+        engine=engine,
+        ctx=ctx,
+        payments=build_payment_provider(settings),
+        metrics=metrics,
+        mqtt=mqtt,
+        intake=intake,
+        publisher=publisher,
+        broker=EmbeddedBroker(settings.mqtt_embedded_bind, settings.mqtt_embedded_port)
+        if settings.embedded_broker
+        else None,
+    )
+    ctx.wake_outbox = publisher.wake
+    ctx.mqtt_connected = container.mqtt_connected
+
+    metrics.mqtt_connected.set_function(lambda: float(mqtt.connected))
+
+    async def on_connect() -> None:
+        publisher.wake()
+        await _sync_fleet(container)
+
+    mqtt.on_connect = on_connect
+    return container
+
+
+async def _sync_fleet(container: Container) -> None:
+    """protocol.md: on (re)connect ask every machine for unacknowledged results."""
+    from vendhub.protocol.messages import SyncCommand
+    from vendhub.protocol.topics import TopicKind, topic
+    from vendhub.services.catalog import list_machines
+
+    prefix = container.settings.mqtt_topic_prefix
+    for machine in await list_machines(container.ctx):
+        if machine["is_active"]:
+            await container.mqtt.publish(
+                topic(prefix, machine["id"], TopicKind.COMMAND), SyncCommand().to_bytes()
+            )

@@ -1,0 +1,160 @@
+"""Settings from the environment and `.env`, keeping the seed's variable names."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+from urllib.parse import quote_plus, urlsplit
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "dev-insecure-jwt-secret-change-me"
+DEV_ADMIN_PASSWORD = "admin123"
+DEV_SANDBOX_SERVER_KEY = "SB-Mid-server-vendhub-sandbox-key"
+EMBEDDED = "embedded"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot run (e.g. production with default secrets)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # Server (seed names)
+    port: int = Field(default=3001, ge=1, le=65535)
+    host: str = "127.0.0.1"
+    node_env: str | None = None
+    app_env: str | None = None
+    public_base_url: str | None = None  # how customers reach us (payment pages)
+
+    # Database
+    database_url: str | None = None
+    use_supabase: bool = False
+    supabase_db_url: str | None = None
+    db_host: str | None = None
+    db_port: int = 3306
+    db_name: str = "vending_machine"
+    db_user: str = "root"
+    db_password: str = ""
+    sqlite_path: str = "vendhub.db"
+
+    # MQTT
+    mqtt_broker_url: str = EMBEDDED
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_topic_prefix: str = "vm"
+    mqtt_client_id: str = "vendhub-backend"
+    mqtt_share_group: str | None = None
+    mqtt_embedded_bind: str = "127.0.0.1"
+    mqtt_embedded_port: int = 1883
+    mqtt_publish_timeout_s: float = 10.0
+    machine_id: str = "VM01"
+
+    # Auth
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_expire_minutes: int = 12 * 60
+    admin_username: str = "admin"
+    admin_password: str = DEV_ADMIN_PASSWORD
+
+    # Payments
+    payment_provider: Literal["sandbox", "midtrans"] = "sandbox"
+    midtrans_server_key: str = ""
+    midtrans_client_key: str = ""
+    midtrans_is_production: bool = False
+    midtrans_api_base_url: str | None = None
+    midtrans_snap_base_url: str | None = None
+    order_ttl_s: int = Field(default=15 * 60, ge=60)
+
+    # Protocol timeouts (protocol.md)
+    motor_margin_ms: int = 650
+    result_grace_ms: int = 5000
+    dispense_max_attempts: int = Field(default=3, ge=1)
+    command_ttl_s: int = Field(default=120, ge=5)
+    default_telemetry_interval_s: int = 60
+
+    debug_endpoints: bool | None = None
+    max_body_bytes: int = 64 * 1024
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        if not self.is_production:
+            return self
+        problems = []
+        if not self.jwt_secret or self.jwt_secret == DEV_JWT_SECRET or len(self.jwt_secret) < 16:
+            problems.append("JWT_SECRET must be set to a secret of at least 16 characters")
+        if not self.admin_password or self.admin_password == DEV_ADMIN_PASSWORD:
+            problems.append("ADMIN_PASSWORD must be set to a non-default value")
+        if self.payment_provider == "midtrans" and not self.midtrans_server_key:
+            problems.append("MIDTRANS_SERVER_KEY must be set when PAYMENT_PROVIDER=midtrans")
+        if self.payment_provider == "sandbox":
+            problems.append("PAYMENT_PROVIDER=sandbox takes no real money; use midtrans")
+        if problems:
+            raise ConfigError("refusing to start in production: " + "; ".join(problems))
+        return self
+
+    @property
+    def environment(self) -> str:
+        return (self.app_env or self.node_env or "development").lower()
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def debug_enabled(self) -> bool:
+        return self.debug_endpoints if self.debug_endpoints is not None else not self.is_production
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        """DATABASE_URL, else Supabase, else the seed's DB_* (MySQL), else the SQLite file."""
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        if self.use_supabase and self.supabase_db_url:
+            return normalise_database_url(self.supabase_db_url)
+        if self.db_host:
+            return (
+                f"mysql+aiomysql://{quote_plus(self.db_user)}:{quote_plus(self.db_password)}"
+                f"@{self.db_host}:{self.db_port}/{self.db_name}?charset=utf8mb4"
+            )
+        return f"sqlite+aiosqlite:///{self.sqlite_path}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.mqtt_broker_url.strip().lower() in ("", EMBEDDED)
+
+    @property
+    def broker_display(self) -> str:
+        if self.embedded_broker:
+            return f"mqtt://{self.mqtt_embedded_bind}:{self.mqtt_embedded_port} (embedded)"
+        parts = urlsplit(self.mqtt_broker_url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port or default_mqtt_port(parts.scheme)}"
+
+    @property
+    def payment_server_key(self) -> str:
+        return self.midtrans_server_key or DEV_SANDBOX_SERVER_KEY
+
+    def base_url(self) -> str:
+        return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+def default_mqtt_port(scheme: str | None) -> int:
+    return 8883 if scheme in ("mqtts", "ssl", "tls") else 1883
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept plain postgres:// and mysql:// URLs (as Supabase and hosts hand them out)."""
+    for plain, driver in (
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("mysql://", "mysql+aiomysql://"),
+        ("mariadb://", "mysql+aiomysql://"),
+        ("sqlite:///", "sqlite+aiosqlite:///"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url

@@ -1,0 +1,96 @@
+"""Order and dispense lifecycles as explicit transition tables."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class DomainError(Exception):
+    """A rule of the business was broken; the message says which."""
+
+    code = "domain_error"
+
+
+class IllegalTransition(DomainError):
+    code = "illegal_transition"
+
+
+class OutOfStock(DomainError):
+    code = "out_of_stock"
+
+
+class OrderStatus(StrEnum):
+    PENDING = "PENDING"
+    PAID = "PAID"
+    PENDING_DISPENSE = "PENDING_DISPENSE"
+    DISPENSING = "DISPENSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    REFUNDED = "REFUNDED"
+    EXPIRED = "EXPIRED"
+    CANCELLED = "CANCELLED"
+
+
+ORDER_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    OrderStatus.PENDING: frozenset({OrderStatus.PAID, OrderStatus.EXPIRED, OrderStatus.CANCELLED}),
+    OrderStatus.PAID: frozenset(
+        {OrderStatus.DISPENSING, OrderStatus.PENDING_DISPENSE, OrderStatus.FAILED}
+    ),
+    OrderStatus.PENDING_DISPENSE: frozenset({OrderStatus.DISPENSING, OrderStatus.FAILED}),
+    OrderStatus.DISPENSING: frozenset(
+        {OrderStatus.COMPLETED, OrderStatus.FAILED, OrderStatus.PENDING_DISPENSE}
+    ),
+    OrderStatus.FAILED: frozenset({OrderStatus.REFUNDED}),
+    OrderStatus.COMPLETED: frozenset(),
+    OrderStatus.REFUNDED: frozenset(),
+    OrderStatus.EXPIRED: frozenset(),
+    OrderStatus.CANCELLED: frozenset(),
+}
+
+FINAL_ORDER_STATUSES = frozenset(s for s, nxt in ORDER_TRANSITIONS.items() if not nxt) | {
+    OrderStatus.FAILED
+}
+# Orders holding a stock reservation that has not yet been turned into a drop or released.
+UNPAID_STATUSES = frozenset({OrderStatus.PENDING})
+
+
+def check_order_transition(current: OrderStatus, new: OrderStatus) -> None:
+    if new not in ORDER_TRANSITIONS[current]:
+        raise IllegalTransition(f"order cannot go from {current} to {new}")
+
+
+def can_transition(current: OrderStatus, new: OrderStatus) -> bool:
+    return new in ORDER_TRANSITIONS[current]
+
+
+class UnitStatus(StrEnum):
+    """One physical unit to dispense (a row of `dispenses`)."""
+
+    QUEUED = "QUEUED"  # paid, waiting for its turn on the machine
+    IN_FLIGHT = "IN_FLIGHT"  # command written to the outbox; no result yet
+    DROPPED = "DROPPED"  # success && dropDetected
+    FAILED = "FAILED"  # any other outcome, or given up
+
+
+UNIT_TRANSITIONS: dict[UnitStatus, frozenset[UnitStatus]] = {
+    UnitStatus.QUEUED: frozenset({UnitStatus.IN_FLIGHT, UnitStatus.FAILED}),
+    UnitStatus.IN_FLIGHT: frozenset({UnitStatus.DROPPED, UnitStatus.FAILED}),
+    UnitStatus.DROPPED: frozenset(),
+    UnitStatus.FAILED: frozenset(),
+}
+
+
+def check_unit_transition(current: UnitStatus, new: UnitStatus) -> None:
+    if new not in UNIT_TRANSITIONS[current]:
+        raise IllegalTransition(f"dispense unit cannot go from {current} to {new}")
+
+
+def order_outcome(unit_statuses: list[UnitStatus]) -> OrderStatus | None:
+    """The order's final status once every unit is settled, else None (still dispensing)."""
+    if not unit_statuses or any(
+        s in (UnitStatus.QUEUED, UnitStatus.IN_FLIGHT) for s in unit_statuses
+    ):
+        return None
+    if all(s is UnitStatus.DROPPED for s in unit_statuses):
+        return OrderStatus.COMPLETED
+    return OrderStatus.FAILED

@@ -1,0 +1,74 @@
+"""FastAPI dependencies: the container, the service context, the current operator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from vendhub.bootstrap import Container
+from vendhub.services import auth
+from vendhub.services.auth import Role
+from vendhub.services.context import ServiceContext
+from vendhub.services.errors import Forbidden, NotFound, Unauthorized
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_container(request: Request) -> Container:
+    container: Container = request.app.state.container
+    return container
+
+
+ContainerDep = Annotated[Container, Depends(get_container)]
+
+
+def get_ctx(container: ContainerDep) -> ServiceContext:
+    return container.ctx
+
+
+CtxDep = Annotated[ServiceContext, Depends(get_ctx)]
+
+
+def current_user(
+    container: ContainerDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> dict[str, Any]:
+    if credentials is None:
+        raise Unauthorized("missing bearer token")
+    return auth.read_token(credentials.credentials, container.settings.jwt_secret)
+
+
+CurrentUser = Annotated[dict[str, Any], Depends(current_user)]
+
+
+def require(*roles: Role) -> Callable[..., Coroutine[Any, Any, dict[str, Any]]]:
+    """Dependency: the operator must hold one of `roles` (SUPER_ADMIN always passes)."""
+    allowed = {r.value for r in roles} | {Role.SUPER_ADMIN.value}
+
+    async def check(user: CurrentUser) -> dict[str, Any]:
+        if user["role"] not in allowed:
+            raise Forbidden(f"role {user['role']} may not do this")
+        return user
+
+    return check
+
+
+AdminUser = Annotated[dict[str, Any], Depends(require(Role.ADMIN))]
+StockUser = Annotated[dict[str, Any], Depends(require(Role.ADMIN, Role.INVENTORY))]
+TechUser = Annotated[dict[str, Any], Depends(require(Role.ADMIN, Role.TECHNICIAN))]
+
+
+async def debug_enabled(request: Request, container: ContainerDep) -> None:
+    """Debug endpoints: off unless enabled; in production, admins only."""
+    if not container.settings.debug_enabled:
+        raise NotFound("debug endpoints are disabled")
+    if container.settings.is_production:
+        creds = await _bearer(request)
+        if creds is None:
+            raise Unauthorized("missing bearer token")
+        claims = auth.read_token(creds.credentials, container.settings.jwt_secret)
+        if claims["role"] not in (Role.ADMIN.value, Role.SUPER_ADMIN.value):
+            raise Forbidden("debug endpoints are admin-only in production")

@@ -1,0 +1,66 @@
+"""One error shape for every failure: {"error", "message", "details"?}; never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vendhub.domain.model import DomainError, IllegalTransition, OutOfStock
+from vendhub.services.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
+from vendhub.services.ports import InvalidNotification
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    NotFound: 404,
+    Conflict: 409,
+    OutOfStock: 409,
+    IllegalTransition: 409,
+    InvalidRequest: 422,
+    Unauthorized: 401,
+    Forbidden: 403,
+}
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
+        status = next((s for t, s in STATUS.items() if isinstance(exc, t)), 400)
+        return error_response(status, exc.code, str(exc), getattr(exc, "details", None))
+
+    @app.exception_handler(InvalidNotification)
+    async def _notification(_: Request, exc: InvalidNotification) -> JSONResponse:
+        return error_response(401, "invalid_notification", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return error_response(422, "validation_error", "request is invalid", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal error; it has been logged")

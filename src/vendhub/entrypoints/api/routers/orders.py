@@ -1,0 +1,103 @@
+"""Orders: customers create and follow them; operators list them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from vendhub.domain.model import OrderStatus
+from vendhub.entrypoints.api.deps import ContainerDep, CtxDep, CurrentUser
+from vendhub.entrypoints.api.schemas import (
+    DispensePublic,
+    MultiOrderCreate,
+    OrderCreate,
+    OrderItemPublic,
+    OrderPublic,
+    PaymentInfo,
+    RefundPublic,
+)
+from vendhub.services import orders
+from vendhub.services.checkout import checkout
+from vendhub.services.context import ServiceContext
+from vendhub.services.orders import OrderLine
+
+router = APIRouter(prefix="/api/orders", tags=["orders"])
+
+
+def order_public(order: dict[str, Any]) -> OrderPublic:
+    payment = order.get("payment")
+    return OrderPublic(
+        order_id=order["id"],
+        **{
+            k: order[k]
+            for k in (
+                "machine_id",
+                "status",
+                "total_amount",
+                "refunded_amount",
+                "expires_at",
+                "paid_at",
+                "dispensed_at",
+                "created_at",
+            )
+        },
+        items=[
+            OrderItemPublic(**i, subtotal=i["unit_price"] * i["quantity"]) for i in order["items"]
+        ],
+        dispenses=[DispensePublic(command_id=d["id"], **d) for d in order["dispenses"]],
+        refunds=[RefundPublic(**r) for r in order["refunds"]],
+        payment=PaymentInfo(**payment) if payment else None,
+    )
+
+
+async def load(ctx: ServiceContext, order_id: str) -> OrderPublic:
+    return order_public(await orders.get_order(ctx, order_id))
+
+
+@router.post("", status_code=201)
+async def create_order(body: OrderCreate, container: ContainerDep) -> OrderPublic:
+    line = OrderLine(slot_number=body.slot_number, slot_id=body.slot_id, quantity=body.quantity)
+    order_id = await checkout(
+        container.ctx,
+        container.payments,
+        body.machine_id,
+        [line],
+        customer_phone=body.customer_phone,
+        payment_method=body.payment_method,
+    )
+    return await load(container.ctx, order_id)
+
+
+@router.post("/multi", status_code=201)
+async def create_multi_order(body: MultiOrderCreate, container: ContainerDep) -> OrderPublic:
+    lines = [
+        OrderLine(slot_number=i.slot_number, slot_id=i.slot_id, quantity=i.quantity)
+        for i in body.items
+    ]
+    order_id = await checkout(
+        container.ctx,
+        container.payments,
+        body.machine_id,
+        lines,
+        customer_phone=body.customer_phone,
+        payment_method=body.payment_method,
+    )
+    return await load(container.ctx, order_id)
+
+
+@router.get("")
+async def list_orders(
+    ctx: CtxDep,
+    _: CurrentUser,
+    machine_id: str | None = None,
+    status: OrderStatus | None = None,
+    limit: int = Query(default=50, ge=1, le=500),
+) -> list[dict[str, Any]]:
+    rows = await orders.list_orders(ctx, machine_id, status.value if status else None, limit)
+    return [{"order_id": r.pop("id"), **r} for r in rows]
+
+
+@router.get("/{order_id}")
+async def get_order(order_id: str, ctx: CtxDep) -> OrderPublic:
+    return await load(ctx, order_id)

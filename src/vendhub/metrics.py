@@ -1,0 +1,52 @@
+"""Prometheus metrics, one registry per running app (tests run several side by side)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages_in = Counter(
+            "vendhub_mqtt_messages_in_total", "MQTT messages received", ["kind"], registry=r
+        )
+        self.messages_out = Counter(
+            "vendhub_mqtt_messages_out_total", "MQTT messages published", ["kind"], registry=r
+        )
+        self.invalid_payloads = Counter(
+            "vendhub_mqtt_invalid_payloads_total",
+            "Inbound MQTT payloads dropped as invalid",
+            ["kind"],
+            registry=r,
+        )
+        self.results = Counter(
+            "vendhub_dispense_results_total", "Dispense results by outcome", ["outcome"], registry=r
+        )
+        self.retransmissions = Counter(
+            "vendhub_command_retransmissions_total", "Dispense commands re-published", registry=r
+        )
+        self.gave_up = Counter(
+            "vendhub_commands_given_up_total",
+            "Dispense commands failed for lack of a result",
+            registry=r,
+        )
+        self.webhooks = Counter(
+            "vendhub_payment_notifications_total",
+            "Payment notifications by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            "vendhub_mqtt_connected", "1 while connected to the broker", registry=r
+        )
+        self.queue_depth = Gauge(
+            "vendhub_queue_depth", "Items waiting in in-process queues", ["queue"], registry=r
+        )
+        self.dispense_latency = Histogram(
+            "vendhub_dispense_latency_seconds",
+            "Command first sent → result applied",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60),
+            registry=r,
+        )

@@ -1,0 +1,1 @@
+"""The MQTT wire contract between vendhub and vending machines (protocol.md)."""

@@ -1,0 +1,205 @@
+"""Message models for every payload on the wire, and their strict-but-forgiving parsers."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+# protocol.md: a payload larger than this is dropped unread.
+MAX_PAYLOAD_BYTES = 8 * 1024
+# PubSubClient's default packet buffer; commands to devices must fit in it.
+DEVICE_BUFFER_BYTES = 256
+RESULT_ERROR_CODES = ("JAM", "MOTOR_TIMEOUT", "NO_DROP", "EXPIRED", "SLOT_DISABLED", "BUSY")
+
+
+class InvalidPayload(ValueError):
+    """A payload that is not JSON, too large, or does not validate."""
+
+
+class _Inbound(BaseModel):
+    # Unknown fields are ignored so newer firmware keeps working with older backends.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _Outbound(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            self.model_dump(by_alias=True, exclude_none=True), separators=(",", ":")
+        ).encode()
+
+
+class DispenseCommand(_Outbound):
+    cmd: Literal["dispense"] = "dispense"
+    command_id: str = Field(alias="commandId")
+    order_id: str = Field(alias="orderId")
+    slot: int
+    timeout_ms: int = Field(alias="timeoutMs")
+    expires_at: int = Field(alias="expiresAt")
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class AckCommand(_Outbound):
+    cmd: Literal["ack"] = "ack"
+    command_id: str = Field(alias="commandId")
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class SyncCommand(_Outbound):
+    cmd: Literal["sync"] = "sync"
+
+
+class SlotConfig(_Outbound):
+    slot: int
+    motor_ms: int = Field(alias="motorMs")
+    enabled: bool = True
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class MachineConfig(_Outbound):
+    version: int
+    machine_id: str = Field(alias="machineId")
+    slots: list[SlotConfig]
+    telemetry_interval_s: int = Field(alias="telemetryIntervalS")
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class DispenseResult(_Inbound):
+    command_id: str | None = Field(default=None, alias="commandId", max_length=64)
+    order_id: str = Field(alias="orderId", min_length=1, max_length=64)
+    slot: int = Field(ge=1, le=1000)
+    success: bool
+    drop_detected: bool = Field(default=False, alias="dropDetected")
+    duration_ms: int | None = Field(default=None, alias="durationMs", ge=0, le=600_000)
+    error: str | None = Field(default=None, max_length=64)
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True, strict=True)
+
+    @property
+    def dropped(self) -> bool:
+        """The seed's rule: a unit counts only when the motor ran and the sensor saw it fall."""
+        return self.success and self.drop_detected
+
+
+class SlotLevel(StrEnum):
+    FULL = "FULL"
+    HIGH = "HIGH"
+    MEDIUM = "MEDIUM"
+    LOW = "LOW"
+    EMPTY = "EMPTY"
+
+
+class SlotReading(_Inbound):
+    id: int = Field(ge=1, le=1000)
+    level: SlotLevel
+
+
+class Telemetry(_Inbound):
+    ts: int | None = None
+    temperature: float | None = None
+    humidity: float | None = None
+    rssi: int | None = None
+    door: str | None = Field(default=None, max_length=32)
+    slots: list[SlotReading] = Field(default_factory=list, max_length=200)
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any]) -> Telemetry:
+        # The seed's devices name the temperature any of three ways.
+        data = dict(raw)
+        if data.get("temperature") is None:
+            for alias in ("temp", "value"):
+                if data.get(alias) is not None:
+                    data["temperature"] = data[alias]
+                    break
+        return cls.model_validate(data)
+
+
+class PresenceStatus(StrEnum):
+    ONLINE = "ONLINE"
+    OFFLINE = "OFFLINE"
+    MAINTENANCE = "MAINTENANCE"
+
+
+class StatusMessage(_Inbound):
+    status: PresenceStatus
+    fw: str | None = Field(default=None, max_length=64)
+    rssi: int | None = None
+    door: str | None = Field(default=None, max_length=32)
+    boot_id: str | None = Field(default=None, alias="bootId", max_length=64)
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+def decode_object(payload: bytes) -> dict[str, Any]:
+    """Bytes → JSON object, or InvalidPayload; the size cap is checked before parsing."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise InvalidPayload(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidPayload(f"not UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidPayload("payload is not a JSON object")
+    return data
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validate(model: type[M], data: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidPayload(_summarise(exc)) from None
+
+
+def _summarise(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "payload"
+    return f"{where}: {first['msg']} ({exc.error_count()} error(s))"
+
+
+def parse_result(payload: bytes) -> DispenseResult:
+    return _validate(DispenseResult, decode_object(payload))
+
+
+def parse_status(payload: bytes) -> StatusMessage:
+    return _validate(StatusMessage, decode_object(payload))
+
+
+def parse_telemetry(payload: bytes) -> tuple[Telemetry, dict[str, Any]]:
+    raw = decode_object(payload)
+    try:
+        return Telemetry.from_raw(raw), raw
+    except ValidationError as exc:
+        raise InvalidPayload(_summarise(exc)) from None
+
+
+def parse_command(payload: bytes) -> DispenseCommand | AckCommand | SyncCommand:
+    """Used by devices (the simulator): what the backend sent on `command`."""
+    data = decode_object(payload)
+    cmd = data.get("cmd")
+    if cmd == "dispense":
+        return _validate(DispenseCommand, data)
+    if cmd == "ack":
+        return _validate(AckCommand, data)
+    if cmd == "sync":
+        return SyncCommand()
+    raise InvalidPayload(f"unknown cmd {cmd!r}")
+
+
+def parse_config(payload: bytes) -> MachineConfig:
+    return _validate(MachineConfig, decode_object(payload))

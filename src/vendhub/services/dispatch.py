@@ -1,0 +1,258 @@
+"""Turning a paid order into dispense units and sending them one at a time per machine."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from vendhub.adapters.db.tables import dispenses, machines, order_items, orders, refunds, slots
+from vendhub.domain.model import (
+    OrderStatus,
+    UnitStatus,
+    check_order_transition,
+    check_unit_transition,
+    order_outcome,
+)
+from vendhub.protocol.messages import DispenseCommand
+from vendhub.services import stock
+from vendhub.services.context import ServiceContext
+from vendhub.services.errors import Conflict, NotFound
+from vendhub.services.ids import new_id
+from vendhub.services.outbox import enqueue
+
+log = logging.getLogger(__name__)
+
+
+async def set_order_status(
+    conn: AsyncConnection, order: RowMapping, new: OrderStatus, now: datetime, **values: object
+) -> OrderStatus:
+    """The only way an order's status changes: validated, and conditional on the old value."""
+    return await move_order(conn, order["id"], OrderStatus(order["status"]), new, now, **values)
+
+
+async def move_order(
+    conn: AsyncConnection,
+    order_id: str,
+    current: OrderStatus,
+    new: OrderStatus,
+    now: datetime,
+    **values: object,
+) -> OrderStatus:
+    check_order_transition(current, new)
+    result = await conn.execute(
+        sa.update(orders)
+        .where(orders.c.id == order_id, orders.c.status == current.value)
+        .values(status=new.value, updated_at=now, **values)
+    )
+    if result.rowcount != 1:
+        raise RuntimeError(f"order {order_id} changed under a lock")
+    log.info("order %s %s → %s", order_id, current.value, new.value)
+    return new
+
+
+async def lock_order(conn: AsyncConnection, order_id: str) -> RowMapping | None:
+    stmt = sa.select(orders).where(orders.c.id == order_id).with_for_update()
+    return (await conn.execute(stmt)).mappings().first()
+
+
+async def create_units(
+    ctx: ServiceContext, conn: AsyncConnection, order_id: str, machine_id: str
+) -> None:
+    """For a PAID order: one QUEUED dispense row per physical unit, then start the machine."""
+    now = ctx.clock()
+    items = (
+        (
+            await conn.execute(
+                sa.select(order_items, slots.c.motor_duration_ms)
+                .join(slots, slots.c.id == order_items.c.slot_id)
+                .where(order_items.c.order_id == order_id)
+                .order_by(order_items.c.id)
+            )
+        )
+        .mappings()
+        .all()
+    )
+    rows = [
+        {
+            "id": new_id(),
+            "order_id": order_id,
+            "order_item_id": item["id"],
+            "machine_id": machine_id,
+            "slot_id": item["slot_id"],
+            "slot_number": item["slot_number"],
+            "unit_price": item["unit_price"],
+            "status": UnitStatus.QUEUED.value,
+            "timeout_ms": item["motor_duration_ms"] + ctx.tunables.motor_margin_ms,
+            "created_at": now,
+        }
+        for item in items
+        for _ in range(item["quantity"])
+    ]
+    await conn.execute(sa.insert(dispenses), rows)
+    target = OrderStatus.DISPENSING if ctx.mqtt_connected() else OrderStatus.PENDING_DISPENSE
+    await move_order(conn, order_id, OrderStatus.PAID, target, now)
+    await dispatch_next(ctx, conn, machine_id)
+
+
+async def dispatch_next(ctx: ServiceContext, conn: AsyncConnection, machine_id: str) -> bool:
+    """Put the oldest queued unit of this machine in flight, unless one already is."""
+    # Serialises dispatchers of one machine (a no-op on SQLite, which serialises writers).
+    await conn.execute(
+        sa.select(machines.c.id).where(machines.c.id == machine_id).with_for_update()
+    )
+    busy = await conn.scalar(
+        sa.select(dispenses.c.id).where(dispenses.c.inflight_machine == machine_id)
+    )
+    if busy is not None:
+        return False
+    unit = (
+        (
+            await conn.execute(
+                sa.select(dispenses)
+                .where(
+                    dispenses.c.machine_id == machine_id,
+                    dispenses.c.status == UnitStatus.QUEUED.value,
+                )
+                .order_by(dispenses.c.id)
+                .limit(1)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if unit is None:
+        return False
+    now = ctx.clock()
+    expires_at = now + timedelta(seconds=ctx.tunables.command_ttl_s)
+    check_unit_transition(UnitStatus(unit["status"]), UnitStatus.IN_FLIGHT)
+    await conn.execute(
+        sa.update(dispenses)
+        .where(dispenses.c.id == unit["id"])
+        .values(
+            status=UnitStatus.IN_FLIGHT.value, inflight_machine=machine_id, expires_at=expires_at
+        )
+    )
+    command = DispenseCommand(
+        command_id=unit["id"],
+        order_id=unit["order_id"],
+        slot=unit["slot_number"],
+        timeout_ms=unit["timeout_ms"],
+        expires_at=int(expires_at.timestamp()),
+    )
+    await enqueue(conn, ctx.tunables.topic_prefix, machine_id, command, now, dispense_id=unit["id"])
+    return True
+
+
+async def settle_unit(
+    ctx: ServiceContext,
+    conn: AsyncConnection,
+    unit: RowMapping,
+    *,
+    dropped: bool,
+    success: bool | None,
+    drop_detected: bool | None,
+    duration_ms: int | None,
+    error: str | None,
+) -> None:
+    """Apply the one outcome of a unit: stock, refund owed, order status, next unit."""
+    now = ctx.clock()
+    new = UnitStatus.DROPPED if dropped else UnitStatus.FAILED
+    check_unit_transition(UnitStatus(unit["status"]), new)
+    changed = await conn.execute(
+        sa.update(dispenses)
+        .where(dispenses.c.id == unit["id"], dispenses.c.status == unit["status"])
+        .values(
+            status=new.value,
+            inflight_machine=None,
+            completed_at=now,
+            success=success,
+            drop_detected=drop_detected,
+            duration_ms=duration_ms,
+            error_message=error,
+            next_attempt_at=None,
+        )
+    )
+    if changed.rowcount != 1:
+        raise RuntimeError(f"dispense {unit['id']} changed under a lock")
+    if dropped:
+        await stock.consume_reserved_unit(
+            conn, unit["slot_id"], now, order_id=unit["order_id"], dispense_id=unit["id"]
+        )
+    else:
+        await stock.release(
+            conn,
+            unit["slot_id"],
+            1,
+            now,
+            order_id=unit["order_id"],
+            dispense_id=unit["id"],
+            reason=f"unit of order {unit['order_id']} failed ({error or 'unknown'})",
+        )
+        await _owe_refund(conn, unit, error or "FAILED", now)
+    await _settle_order(conn, unit["order_id"], now)
+    await dispatch_next(ctx, conn, unit["machine_id"])
+
+
+async def _owe_refund(conn: AsyncConnection, unit: RowMapping, reason: str, now: datetime) -> None:
+    # refund_key is deterministic per unit so no retry anywhere can refund it twice.
+    await conn.execute(
+        sa.insert(refunds).values(
+            id=new_id(),
+            order_id=unit["order_id"],
+            dispense_id=unit["id"],
+            refund_key=f"refund-{unit['id']}",
+            amount=unit["unit_price"],
+            status="PENDING",
+            reason=reason[:64],
+            created_at=now,
+            updated_at=now,
+            next_attempt_at=now,
+        )
+    )
+
+
+async def _settle_order(conn: AsyncConnection, order_id: str, now: datetime) -> None:
+    order = await lock_order(conn, order_id)
+    if order is None:
+        raise RuntimeError(f"order {order_id} vanished")
+    statuses = (
+        (await conn.execute(sa.select(dispenses.c.status).where(dispenses.c.order_id == order_id)))
+        .scalars()
+        .all()
+    )
+    outcome = order_outcome([UnitStatus(s) for s in statuses])
+    if outcome is None:
+        return
+    current = OrderStatus(order["status"])
+    if current in (OrderStatus.PAID, OrderStatus.PENDING_DISPENSE) and (
+        outcome is OrderStatus.COMPLETED
+    ):
+        # A unit can only drop after its command went out; catch up with that fact.
+        current = await move_order(conn, order_id, current, OrderStatus.DISPENSING, now)
+    extra = {"dispensed_at": now} if outcome is OrderStatus.COMPLETED else {}
+    await move_order(conn, order_id, current, outcome, now, **extra)
+
+
+async def trigger(ctx: ServiceContext, order_id: str) -> str:
+    """The seed's /api/dispense/trigger: start a PAID order or nudge a waiting one."""
+    async with ctx.engine.begin() as conn:
+        order = await lock_order(conn, order_id)
+        if order is None:
+            raise NotFound(f"order {order_id} not found")
+        status = OrderStatus(order["status"])
+        has_units = await conn.scalar(
+            sa.select(dispenses.c.id).where(dispenses.c.order_id == order_id).limit(1)
+        )
+        if status is OrderStatus.PAID and has_units is None:
+            await create_units(ctx, conn, order_id, order["machine_id"])
+        elif status in (OrderStatus.PAID, OrderStatus.PENDING_DISPENSE, OrderStatus.DISPENSING):
+            await dispatch_next(ctx, conn, order["machine_id"])
+        else:
+            raise Conflict(f"order {order_id} is {status.value}; only paid orders dispense")
+    ctx.wake_outbox()
+    async with ctx.engine.connect() as conn:
+        return str(await conn.scalar(sa.select(orders.c.status).where(orders.c.id == order_id)))

@@ -1,0 +1,134 @@
+"""Machine presence and telemetry from the fleet."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from vendhub.adapters.db.tables import machine_events, machines, slots, telemetry
+from vendhub.protocol.messages import StatusMessage, SyncCommand, Telemetry
+from vendhub.services.context import ServiceContext
+from vendhub.services.outbox import enqueue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryReading:
+    machine_id: str
+    received_at: datetime
+    reading: Telemetry
+    raw: dict[str, Any]
+
+
+async def store_telemetry(ctx: ServiceContext, batch: list[TelemetryReading]) -> int:
+    """One transaction for the whole batch; readings of unknown machines are skipped."""
+    if not batch:
+        return 0
+    async with ctx.engine.begin() as conn:
+        known = set(
+            (
+                await conn.execute(
+                    sa.select(machines.c.id).where(machines.c.id.in_({r.machine_id for r in batch}))
+                )
+            ).scalars()
+        )
+        rows = [_telemetry_row(r) for r in batch if r.machine_id in known]
+        if rows:
+            await conn.execute(sa.insert(telemetry), rows)
+        levels = [
+            {"m": r.machine_id, "n": s.id, "level": s.level.value, "at": r.received_at}
+            for r in batch
+            if r.machine_id in known
+            for s in r.reading.slots
+        ]
+        if levels:
+            # Sensed level only: counted stock comes from dispenses and restocks.
+            await conn.execute(
+                sa.update(slots)
+                .where(
+                    slots.c.machine_id == sa.bindparam("m"),
+                    slots.c.slot_number == sa.bindparam("n"),
+                )
+                .values(sensed_level=sa.bindparam("level"), sensed_at=sa.bindparam("at")),
+                levels,
+            )
+        last_seen = {r.machine_id: r.received_at for r in batch if r.machine_id in known}
+        if last_seen:
+            await conn.execute(
+                sa.update(machines)
+                .where(machines.c.id == sa.bindparam("mid"))
+                .values(last_seen_at=sa.bindparam("seen")),
+                [{"mid": m, "seen": t} for m, t in last_seen.items()],
+            )
+    if len(rows) < len(batch):
+        log.info("dropped %d telemetry reading(s) from unknown machines", len(batch) - len(rows))
+    return len(rows)
+
+
+def _telemetry_row(r: TelemetryReading) -> dict[str, Any]:
+    return {
+        "machine_id": r.machine_id,
+        "received_at": r.received_at,
+        "device_ts": r.reading.ts,
+        "temperature": r.reading.temperature,
+        "humidity": r.reading.humidity,
+        "rssi": r.reading.rssi,
+        "door": r.reading.door,
+        "payload": r.raw,
+    }
+
+
+async def apply_status(ctx: ServiceContext, machine_id: str, message: StatusMessage) -> bool:
+    """Record presence; returns True when a sync was queued (device online or rebooted)."""
+    now = ctx.clock()
+    async with ctx.engine.begin() as conn:
+        machine = (
+            (
+                await conn.execute(
+                    sa.select(machines).where(machines.c.id == machine_id).with_for_update()
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if machine is None:
+            log.info("status from unknown machine %s ignored", machine_id)
+            return False
+        changed = machine["status"] != message.status.value
+        rebooted = bool(message.boot_id) and message.boot_id != machine["boot_id"]
+        values: dict[str, Any] = {
+            "status": message.status.value,
+            "last_seen_at": now,
+            "updated_at": now,
+        }
+        if message.fw:
+            values["fw"] = message.fw
+        if message.boot_id:
+            values["boot_id"] = message.boot_id
+        await conn.execute(sa.update(machines).where(machines.c.id == machine_id).values(**values))
+        if changed or rebooted:
+            text = f"machine {machine_id} is {message.status.value}"
+            if rebooted:
+                text += f" (boot {message.boot_id})"
+            await conn.execute(
+                sa.insert(machine_events).values(
+                    machine_id=machine_id,
+                    event_type="STATUS",
+                    status=message.status.value,
+                    severity="info" if message.status.value == "ONLINE" else "warning",
+                    message=text,
+                    details=message.model_dump(mode="json", by_alias=True),
+                    created_at=now,
+                )
+            )
+        sync = message.status.value == "ONLINE" and (changed or rebooted)
+        if sync:
+            await enqueue(conn, ctx.tunables.topic_prefix, machine_id, SyncCommand(), now)
+    if sync:
+        ctx.wake_outbox()
+    return sync

@@ -1,0 +1,285 @@
+"""Placing, reading, cancelling and expiring orders."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from vendhub.adapters.db.tables import (
+    dispenses,
+    machines,
+    order_items,
+    orders,
+    payments,
+    products,
+    refunds,
+    slots,
+)
+from vendhub.domain.model import OrderStatus
+from vendhub.domain.payments import PaymentStatus
+from vendhub.services import stock
+from vendhub.services.context import ServiceContext
+from vendhub.services.dispatch import lock_order, set_order_status
+from vendhub.services.errors import Conflict, InvalidRequest, NotFound
+from vendhub.services.ids import new_id, new_order_id
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    slot_number: int | None = None
+    slot_id: str | None = None
+    quantity: int = 1
+
+
+async def place_order(
+    ctx: ServiceContext,
+    machine_id: str | None,
+    lines: list[OrderLine],
+    *,
+    provider: str,
+    customer_phone: str | None = None,
+    payment_method: str | None = None,
+) -> str:
+    """Reserve stock for every line and create the order, all or nothing."""
+    machine_id = machine_id or ctx.tunables.default_machine_id
+    if not lines:
+        raise InvalidRequest("an order needs at least one item")
+    now = ctx.clock()
+    async with ctx.engine.begin() as conn:
+        machine = (
+            (await conn.execute(sa.select(machines).where(machines.c.id == machine_id)))
+            .mappings()
+            .first()
+        )
+        if machine is None:
+            raise NotFound(f"machine {machine_id} not found")
+        if not machine["is_active"]:
+            raise Conflict(f"machine {machine_id} is not accepting orders")
+        merged = await _merge_lines(conn, machine_id, lines)
+        order_id = new_order_id(now)
+        total = 0
+        items = []
+        for slot_id, (slot, product, quantity) in merged.items():
+            await stock.reserve(conn, slot_id, quantity, now)
+            price = (
+                slot["price_override"] if slot["price_override"] is not None else product["price"]
+            )
+            total += price * quantity
+            items.append(
+                {
+                    "id": new_id(),
+                    "order_id": order_id,
+                    "slot_id": slot_id,
+                    "slot_number": slot["slot_number"],
+                    "product_id": product["id"],
+                    "product_name": product["name"],
+                    "unit_price": price,
+                    "quantity": quantity,
+                }
+            )
+        await conn.execute(
+            sa.insert(orders).values(
+                id=order_id,
+                machine_id=machine_id,
+                status=OrderStatus.PENDING.value,
+                total_amount=total,
+                customer_phone=customer_phone,
+                payment_method=payment_method,
+                expires_at=now + timedelta(seconds=ctx.tunables.order_ttl_s),
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await conn.execute(sa.insert(order_items), items)
+        await conn.execute(
+            sa.insert(payments).values(
+                id=new_id(),
+                order_id=order_id,
+                provider=provider,
+                status=PaymentStatus.PENDING.value,
+                amount=total,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    return order_id
+
+
+async def _merge_lines(
+    conn: AsyncConnection, machine_id: str, lines: list[OrderLine]
+) -> dict[str, tuple[Any, Any, int]]:
+    """Resolve each line to its slot and product; the same slot twice becomes one line."""
+    merged: dict[str, tuple[Any, Any, int]] = {}
+    quantities: dict[str, int] = defaultdict(int)
+    for line in lines:
+        if line.quantity < 1:
+            raise InvalidRequest("quantity must be at least 1")
+        cond = (
+            slots.c.id == line.slot_id if line.slot_id else slots.c.slot_number == line.slot_number
+        )
+        row = (
+            (
+                await conn.execute(
+                    sa.select(
+                        slots,
+                        products.c.id.label("p_id"),
+                        products.c.name.label("p_name"),
+                        products.c.price.label("p_price"),
+                        products.c.is_active.label("p_active"),
+                    )
+                    .outerjoin(products, products.c.id == slots.c.product_id)
+                    .where(slots.c.machine_id == machine_id, cond)
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            which = line.slot_id or line.slot_number
+            raise NotFound(f"slot {which} not found on machine {machine_id}")
+        if not row["is_active"] or row["p_id"] is None or not row["p_active"]:
+            raise Conflict(f"slot {row['slot_number']} has nothing for sale")
+        quantities[row["id"]] += line.quantity
+        product = {"id": row["p_id"], "name": row["p_name"], "price": row["p_price"]}
+        merged[row["id"]] = (row, product, quantities[row["id"]])
+    return merged
+
+
+async def get_order(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
+    async with ctx.engine.connect() as conn:
+        order = (
+            (await conn.execute(sa.select(orders).where(orders.c.id == order_id)))
+            .mappings()
+            .first()
+        )
+        if order is None:
+            raise NotFound(f"order {order_id} not found")
+        items = (
+            (
+                await conn.execute(
+                    sa.select(order_items)
+                    .where(order_items.c.order_id == order_id)
+                    .order_by(order_items.c.id)
+                )
+            )
+            .mappings()
+            .all()
+        )
+        units = (
+            (
+                await conn.execute(
+                    sa.select(dispenses)
+                    .where(dispenses.c.order_id == order_id)
+                    .order_by(dispenses.c.id)
+                )
+            )
+            .mappings()
+            .all()
+        )
+        owed = (
+            (
+                await conn.execute(
+                    sa.select(refunds).where(refunds.c.order_id == order_id).order_by(refunds.c.id)
+                )
+            )
+            .mappings()
+            .all()
+        )
+        payment = (
+            (await conn.execute(sa.select(payments).where(payments.c.order_id == order_id)))
+            .mappings()
+            .first()
+        )
+    return {
+        **order,
+        "items": [dict(i) for i in items],
+        "dispenses": [dict(u) for u in units],
+        "refunds": [dict(r) for r in owed],
+        "payment": dict(payment) if payment else None,
+    }
+
+
+async def list_orders(
+    ctx: ServiceContext, machine_id: str | None, status: str | None, limit: int
+) -> list[dict[str, Any]]:
+    stmt = sa.select(orders).order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(limit)
+    if machine_id:
+        stmt = stmt.where(orders.c.machine_id == machine_id)
+    if status:
+        stmt = stmt.where(orders.c.status == status)
+    async with ctx.engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
+
+
+async def close_unpaid(
+    ctx: ServiceContext, conn: AsyncConnection, order_id: str, new: OrderStatus
+) -> bool:
+    """PENDING → EXPIRED/CANCELLED, releasing every reserved unit. False if not PENDING."""
+    order = await lock_order(conn, order_id)
+    if order is None:
+        raise NotFound(f"order {order_id} not found")
+    if order["status"] != OrderStatus.PENDING.value:
+        return False
+    now = ctx.clock()
+    await set_order_status(conn, order, new, now)
+    items = (
+        (await conn.execute(sa.select(order_items).where(order_items.c.order_id == order_id)))
+        .mappings()
+        .all()
+    )
+    for item in items:
+        await stock.release(
+            conn,
+            item["slot_id"],
+            item["quantity"],
+            now,
+            order_id=order_id,
+            reason=f"order {order_id} {new.value.lower()}",
+        )
+    await conn.execute(
+        sa.update(order_items)
+        .where(order_items.c.order_id == order_id)
+        .values(released=order_items.c.quantity)
+    )
+    status = PaymentStatus.EXPIRED if new is OrderStatus.EXPIRED else PaymentStatus.FAILED
+    await conn.execute(
+        sa.update(payments)
+        .where(payments.c.order_id == order_id)
+        .values(status=status.value, updated_at=now)
+    )
+    return True
+
+
+async def cancel_order(ctx: ServiceContext, order_id: str) -> None:
+    async with ctx.engine.begin() as conn:
+        if not await close_unpaid(ctx, conn, order_id, OrderStatus.CANCELLED):
+            raise Conflict(f"order {order_id} can no longer be cancelled")
+
+
+async def expire_due_orders(ctx: ServiceContext, limit: int = 100) -> list[str]:
+    """Unpaid orders past their TTL: expired and their stock released, one transaction each."""
+    now = ctx.clock()
+    async with ctx.engine.connect() as conn:
+        due = (
+            (
+                await conn.execute(
+                    sa.select(orders.c.id)
+                    .where(orders.c.status == OrderStatus.PENDING.value, orders.c.expires_at <= now)
+                    .order_by(orders.c.expires_at)
+                    .limit(limit)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    expired = []
+    for order_id in due:
+        async with ctx.engine.begin() as conn:
+            if await close_unpaid(ctx, conn, order_id, OrderStatus.EXPIRED):
+                expired.append(order_id)
+    return expired

@@ -1,0 +1,170 @@
+"""Applying verified gateway notifications to orders: once, in order, whatever arrives twice."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from enum import StrEnum
+
+import sqlalchemy as sa
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from vendhub.adapters.db.tables import payment_notifications, payments, refunds
+from vendhub.domain.model import OrderStatus
+from vendhub.domain.payments import PaymentStatus
+from vendhub.services.context import ServiceContext
+from vendhub.services.dispatch import create_units, lock_order, set_order_status
+from vendhub.services.errors import InvalidRequest, NotFound
+from vendhub.services.ids import new_id
+from vendhub.services.orders import close_unpaid
+from vendhub.services.ports import Notification, PaymentProvider
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    PAID = "paid"
+    ALREADY_PAID = "already_paid"
+    CLOSED = "closed"
+    PENDING = "pending"
+    IGNORED = "ignored"
+    LATE_PAYMENT = "late_payment"
+    RECORDED = "recorded"
+    DUPLICATE = "duplicate"
+
+
+async def receive_notification(
+    ctx: ServiceContext, provider: PaymentProvider, headers: Mapping[str, str], body: bytes
+) -> Outcome:
+    """Verify (raises InvalidNotification), store durably, apply; duplicates change nothing."""
+    note = provider.verify_notification(headers, body)
+    try:
+        outcome = await _store_and_apply(ctx, note)
+    except IntegrityError:
+        # The unique (order, transaction, status) row exists: this exact notification was
+        # already stored and applied in a committed transaction.
+        log.info(
+            "duplicate notification order=%s status=%s", note.order_id, note.transaction_status
+        )
+        return Outcome.DUPLICATE
+    log.info(
+        "notification order=%s status=%s outcome=%s",
+        note.order_id,
+        note.transaction_status,
+        outcome.value,
+    )
+    ctx.wake_outbox()
+    return outcome
+
+
+async def _store_and_apply(ctx: ServiceContext, note: Notification) -> Outcome:
+    now = ctx.clock()
+    async with ctx.engine.begin() as conn:
+        order = await lock_order(conn, note.order_id)
+        if order is None:
+            raise NotFound(f"order {note.order_id} not found")
+        if note.amount != order["total_amount"]:
+            log.warning(
+                "amount mismatch order=%s notified=%s expected=%s",
+                note.order_id,
+                note.gross_amount,
+                order["total_amount"],
+            )
+            raise InvalidRequest(
+                f"gross_amount {note.gross_amount} does not match the order total "
+                f"{order['total_amount']}"
+            )
+        inserted = await conn.execute(
+            sa.insert(payment_notifications).values(
+                order_id=note.order_id,
+                transaction_id=note.transaction_id,
+                transaction_status=note.transaction_status,
+                fraud_status=note.fraud_status,
+                status_code=note.status_code,
+                gross_amount=note.gross_amount,
+                outcome="",
+                raw=note.raw,
+                received_at=now,
+            )
+        )
+        notification_id = (inserted.inserted_primary_key or (None,))[0]
+        outcome = await _apply(ctx, conn, order, note)
+        await conn.execute(
+            sa.update(payment_notifications)
+            .where(payment_notifications.c.id == notification_id)
+            .values(outcome=outcome.value)
+        )
+    return outcome
+
+
+async def _apply(
+    ctx: ServiceContext, conn: AsyncConnection, order: RowMapping, note: Notification
+) -> Outcome:
+    status = OrderStatus(order["status"])
+    if note.status is PaymentStatus.PAID:
+        if status is OrderStatus.PENDING:
+            await _mark_paid(ctx, conn, order, note)
+            return Outcome.PAID
+        if status in (OrderStatus.EXPIRED, OrderStatus.CANCELLED):
+            await _owe_late_payment_refund(ctx, conn, order, note)
+            return Outcome.LATE_PAYMENT
+        return Outcome.ALREADY_PAID
+    if note.status in (PaymentStatus.FAILED, PaymentStatus.EXPIRED):
+        new = OrderStatus.EXPIRED if note.status is PaymentStatus.EXPIRED else OrderStatus.CANCELLED
+        closed = await close_unpaid(ctx, conn, order["id"], new)
+        return Outcome.CLOSED if closed else Outcome.IGNORED
+    if note.status is PaymentStatus.PENDING:
+        await conn.execute(
+            sa.update(payments)
+            .where(payments.c.order_id == order["id"], payments.c.transaction_id.is_(None))
+            .values(
+                transaction_id=note.transaction_id,
+                payment_type=note.payment_type,
+                updated_at=ctx.clock(),
+            )
+        )
+        return Outcome.PENDING
+    return Outcome.RECORDED
+
+
+async def _mark_paid(
+    ctx: ServiceContext, conn: AsyncConnection, order: RowMapping, note: Notification
+) -> None:
+    now = ctx.clock()
+    await set_order_status(conn, order, OrderStatus.PAID, now, paid_at=now)
+    await conn.execute(
+        sa.update(payments)
+        .where(payments.c.order_id == order["id"])
+        .values(
+            status=PaymentStatus.PAID.value,
+            transaction_id=note.transaction_id,
+            payment_type=note.payment_type,
+            paid_at=now,
+            updated_at=now,
+        )
+    )
+    await create_units(ctx, conn, order["id"], order["machine_id"])
+
+
+async def _owe_late_payment_refund(
+    ctx: ServiceContext, conn: AsyncConnection, order: RowMapping, note: Notification
+) -> None:
+    """Money arrived for an order we already closed: never lose it, owe it back."""
+    now = ctx.clock()
+    log.warning("late payment order=%s status=%s: refund owed", order["id"], order["status"])
+    await conn.execute(
+        sa.insert(refunds).values(
+            id=new_id(),
+            order_id=order["id"],
+            dispense_id=None,
+            refund_key=f"late-{order['id']}",
+            amount=order["total_amount"],
+            status="PENDING",
+            reason="LATE_PAYMENT",
+            created_at=now,
+            updated_at=now,
+            next_attempt_at=now,
+        )
+    )

@@ -1,0 +1,204 @@
+"""Stock reservation, release, decrement and operator adjustments, each logged."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from vendhub.adapters.db.tables import slots, stock_logs
+from vendhub.domain.model import OutOfStock
+from vendhub.services.errors import InvalidRequest, NotFound
+
+
+class ChangeType(StrEnum):
+    RESTOCK = "RESTOCK"
+    DISPENSE = "DISPENSE"
+    MANUAL_ADJUST = "MANUAL_ADJUST"
+    AUDIT = "AUDIT"
+    RELEASE = "RELEASE"
+
+
+async def lock_slot(conn: AsyncConnection, slot_id: str) -> RowMapping:
+    row = (
+        (await conn.execute(sa.select(slots).where(slots.c.id == slot_id).with_for_update()))
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise NotFound(f"slot {slot_id} not found")
+    return row
+
+
+async def reserve(conn: AsyncConnection, slot_id: str, quantity: int, now: datetime) -> None:
+    """Atomic check-and-reserve; the CHECK constraint backs it up if anything races."""
+    result = await conn.execute(
+        sa.update(slots)
+        .where(
+            slots.c.id == slot_id,
+            slots.c.is_active.is_(True),
+            slots.c.current_stock - slots.c.reserved >= quantity,
+        )
+        .values(reserved=slots.c.reserved + quantity, updated_at=now)
+    )
+    if result.rowcount != 1:
+        raise OutOfStock("not enough stock for this slot")
+
+
+async def release(
+    conn: AsyncConnection,
+    slot_id: str,
+    quantity: int,
+    now: datetime,
+    *,
+    reason: str,
+    order_id: str | None = None,
+    dispense_id: str | None = None,
+) -> None:
+    slot = await lock_slot(conn, slot_id)
+    await conn.execute(
+        sa.update(slots)
+        .where(slots.c.id == slot_id)
+        .values(reserved=slots.c.reserved - quantity, updated_at=now)
+    )
+    # Counted stock does not change; the log shows when availability came back.
+    await _log(
+        conn,
+        slot,
+        ChangeType.RELEASE,
+        0,
+        slot["current_stock"],
+        now,
+        reason,
+        order_id=order_id,
+        dispense_id=dispense_id,
+    )
+
+
+async def consume_reserved_unit(
+    conn: AsyncConnection, slot_id: str, now: datetime, *, order_id: str, dispense_id: str
+) -> None:
+    """A unit dropped: stock −1 and its reservation with it, logged once per dispense."""
+    slot = await lock_slot(conn, slot_id)
+    await conn.execute(
+        sa.update(slots)
+        .where(slots.c.id == slot_id)
+        .values(
+            current_stock=slots.c.current_stock - 1,
+            reserved=slots.c.reserved - 1,
+            updated_at=now,
+        )
+    )
+    await _log(
+        conn,
+        slot,
+        ChangeType.DISPENSE,
+        -1,
+        slot["current_stock"] - 1,
+        now,
+        f"dispensed for order {order_id}",
+        order_id=order_id,
+        dispense_id=dispense_id,
+    )
+
+
+async def adjust(
+    conn: AsyncConnection,
+    slot: RowMapping,
+    change_type: ChangeType,
+    now: datetime,
+    *,
+    quantity_change: int | None,
+    new_stock: int | None,
+    reason: str | None,
+    user_id: str | None,
+) -> int:
+    """Operator change: by delta or to an absolute count. Returns the new counted stock."""
+    if change_type in (ChangeType.DISPENSE, ChangeType.RELEASE):
+        raise InvalidRequest(f"{change_type} changes are made by the system, not by hand")
+    before = int(slot["current_stock"])
+    if (quantity_change is None) == (new_stock is None):
+        raise InvalidRequest("give exactly one of quantity_change or new_stock")
+    after = before + quantity_change if quantity_change is not None else int(new_stock or 0)
+    if after < int(slot["reserved"]):
+        raise InvalidRequest(
+            f"stock {after} would be below the {slot['reserved']} unit(s) reserved by open orders"
+        )
+    if after > int(slot["capacity"]):
+        raise InvalidRequest(f"stock {after} exceeds the slot capacity {slot['capacity']}")
+    await conn.execute(
+        sa.update(slots).where(slots.c.id == slot["id"]).values(current_stock=after, updated_at=now)
+    )
+    await _log(conn, slot, change_type, after - before, after, now, reason, user_id=user_id)
+    return after
+
+
+async def _log(
+    conn: AsyncConnection,
+    slot: RowMapping,
+    change_type: ChangeType,
+    change: int,
+    after: int,
+    now: datetime,
+    reason: str | None,
+    **extra: Any,
+) -> None:
+    await conn.execute(
+        sa.insert(stock_logs).values(
+            machine_id=slot["machine_id"],
+            slot_id=slot["id"],
+            slot_number=slot["slot_number"],
+            product_id=slot["product_id"],
+            change_type=change_type.value,
+            quantity_change=change,
+            stock_before=after - change,
+            stock_after=after,
+            reason=reason,
+            created_at=now,
+            **extra,
+        )
+    )
+
+
+async def update_stock(
+    ctx: Any,
+    machine_id: str,
+    slot_number: int,
+    change_type: ChangeType,
+    *,
+    quantity_change: int | None,
+    new_stock: int | None,
+    reason: str | None,
+    user_id: str | None,
+) -> dict[str, int]:
+    """Operator restock/adjust/audit of one slot, in one transaction, logged."""
+    async with ctx.engine.begin() as conn:
+        slot_id = await conn.scalar(
+            sa.select(slots.c.id).where(
+                slots.c.machine_id == machine_id, slots.c.slot_number == slot_number
+            )
+        )
+        if slot_id is None:
+            raise NotFound(f"slot {slot_number} not found on machine {machine_id}")
+        slot = await lock_slot(conn, slot_id)
+        after = await adjust(
+            conn,
+            slot,
+            change_type,
+            ctx.clock(),
+            quantity_change=quantity_change,
+            new_stock=new_stock,
+            reason=reason,
+            user_id=user_id,
+        )
+    return {
+        "slot_number": slot_number,
+        "stock_before": int(slot["current_stock"]),
+        "current_stock": after,
+        "reserved": int(slot["reserved"]),
+        "available": after - int(slot["reserved"]),
+    }

@@ -1,0 +1,1 @@
+"""Long-running loops of `vendhub serve`: MQTT intake, outbox publisher, timers."""

@@ -1,0 +1,120 @@
+"""MQTT intake: validate each message, then hand it to bounded queues and batch writers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from vendhub.adapters.mqtt.client import InboundMessage
+from vendhub.metrics import Metrics
+from vendhub.protocol.messages import InvalidPayload, parse_result, parse_status, parse_telemetry
+from vendhub.protocol.topics import InvalidTopic, TopicKind, parse_topic
+from vendhub.services import fleet, results
+from vendhub.services.context import ServiceContext
+from vendhub.services.fleet import TelemetryReading
+
+log = logging.getLogger(__name__)
+
+# Bounded so a flood waits at the socket (backpressure) instead of growing memory.
+EVENT_QUEUE_SIZE = 1000
+TELEMETRY_QUEUE_SIZE = 20_000
+TELEMETRY_BATCH = 500
+TELEMETRY_FLUSH_S = 0.2
+EVENT_WORKERS = 4
+
+
+class Intake:
+    def __init__(self, ctx: ServiceContext, metrics: Metrics) -> None:
+        self.ctx = ctx
+        self.metrics = metrics
+        self.events: asyncio.Queue[tuple[str, TopicKind, bytes]] = asyncio.Queue(EVENT_QUEUE_SIZE)
+        self.telemetry: asyncio.Queue[TelemetryReading] = asyncio.Queue(TELEMETRY_QUEUE_SIZE)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._event_worker(), name=f"intake-{i}")
+            for i in range(EVENT_WORKERS)
+        ]
+        self._tasks.append(asyncio.create_task(self._telemetry_writer(), name="telemetry"))
+
+    async def stop(self) -> None:
+        """Finish what was accepted (bounded wait), then stop the workers."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drain(), timeout=5)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        await self.events.join()
+        await self.telemetry.join()
+
+    async def handle(self, message: InboundMessage) -> None:
+        try:
+            parsed = parse_topic(self.ctx.tunables.topic_prefix, message.topic)
+        except InvalidTopic as exc:
+            self.metrics.invalid_payloads.labels("topic").inc()
+            log.warning("dropped message on %s: %s", message.topic, exc)
+            return
+        self.metrics.messages_in.labels(parsed.kind.value).inc()
+        if parsed.kind is TopicKind.TELEMETRY:
+            try:
+                reading, raw = parse_telemetry(message.payload)
+            except InvalidPayload as exc:
+                self._invalid(message.topic, parsed.kind, exc)
+                return
+            await self.telemetry.put(
+                TelemetryReading(parsed.machine_id, self.ctx.clock(), reading, raw)
+            )
+        elif parsed.kind in (TopicKind.DISPENSE_RESULT, TopicKind.STATUS):
+            await self.events.put((parsed.machine_id, parsed.kind, message.payload))
+
+    def _invalid(self, topic: str, kind: TopicKind, exc: Exception) -> None:
+        self.metrics.invalid_payloads.labels(kind.value).inc()
+        log.warning("dropped invalid payload on %s: %s", topic, exc)
+
+    async def _event_worker(self) -> None:
+        while True:
+            machine_id, kind, payload = await self.events.get()
+            try:
+                await self._apply_event(machine_id, kind, payload)
+            except InvalidPayload as exc:
+                self._invalid(f"{machine_id}/{kind.value}", kind, exc)
+            except Exception:
+                # A database hiccup must not kill the worker; the device re-sends until acked.
+                log.exception("failed to apply %s from %s", kind.value, machine_id)
+            finally:
+                self.events.task_done()
+
+    async def _apply_event(self, machine_id: str, kind: TopicKind, payload: bytes) -> None:
+        if kind is TopicKind.DISPENSE_RESULT:
+            result = parse_result(payload)
+            outcome = await results.apply_result(
+                self.ctx, machine_id, result, payload.decode("utf-8")
+            )
+            self.metrics.results.labels(outcome.value).inc()
+        else:
+            await fleet.apply_status(self.ctx, machine_id, parse_status(payload))
+
+    async def _telemetry_writer(self) -> None:
+        while True:
+            batch = [await self.telemetry.get()]
+            deadline = asyncio.get_running_loop().time() + TELEMETRY_FLUSH_S
+            while len(batch) < TELEMETRY_BATCH:
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.telemetry.get(), timeout))
+                except TimeoutError:
+                    break
+            try:
+                await fleet.store_telemetry(self.ctx, batch)
+            except Exception:
+                log.exception("failed to store %d telemetry reading(s)", len(batch))
+            finally:
+                for _ in batch:
+                    self.telemetry.task_done()
+            self.metrics.queue_depth.labels("telemetry").set(self.telemetry.qsize())

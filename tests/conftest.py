@@ -1,0 +1,141 @@
+"""Shared fixtures: migrated databases on every backend, service contexts, free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from vendhub.adapters.db.engine import create_engine
+from vendhub.adapters.db.migrate import upgrade
+from vendhub.adapters.db.tables import metadata
+from vendhub.services.context import ServiceContext, Tunables
+
+PG_ADMIN_URL = os.environ.get(
+    "VENDHUB_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+MYSQL_ADMIN_URL = os.environ.get(
+    "VENDHUB_TEST_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/test"
+)
+MQTT_HOST = os.environ.get("VENDHUB_TEST_MQTT_HOST", "127.0.0.1")
+MQTT_PORT = int(os.environ.get("VENDHUB_TEST_MQTT_PORT", "1883"))
+BACKENDS = ("sqlite", "postgresql", "mysql")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+async def _admin(url: str, statement: str) -> None:
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(statement))
+    finally:
+        await engine.dispose()
+
+
+def _create_database(backend: str, tmp: Path) -> tuple[str, str | None]:
+    """A new, migrated database; returns its URL and the statement that drops it."""
+    name = unique("vendhub_test_")
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp / (name + '.db')}"
+        upgrade(url)
+        return url, None
+    admin = PG_ADMIN_URL if backend == "postgresql" else MYSQL_ADMIN_URL
+    asyncio.run(_admin(admin, f"CREATE DATABASE {name}"))
+    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
+    if backend == "mysql":
+        url += "?charset=utf8mb4"
+    upgrade(url)
+    return url, f"DROP DATABASE IF EXISTS {name}"
+
+
+@pytest.fixture(scope="session")
+def database_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """One migrated database per backend, created lazily, dropped at the end of the run."""
+    created: dict[str, str] = {}
+    drops: list[tuple[str, str]] = []
+
+    class Lazy(dict[str, str]):
+        def __missing__(self, backend: str) -> str:
+            # Called from async fixtures; migrations run their own event loop, so use a thread.
+            with ThreadPoolExecutor(1) as pool:
+                url, drop = pool.submit(
+                    _create_database, backend, tmp_path_factory.mktemp(backend)
+                ).result()
+            created[backend] = url
+            if drop:
+                drops.append((backend, drop))
+            self[backend] = url
+            return url
+
+    yield Lazy()
+    for backend, drop in drops:
+        admin = PG_ADMIN_URL if backend == "postgresql" else MYSQL_ADMIN_URL
+        asyncio.run(_admin(admin, drop))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def _wipe(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        for table in reversed(metadata.sorted_tables):
+            await conn.execute(table.delete())
+
+
+@pytest.fixture
+async def engine(backend: str, database_urls: dict[str, str]) -> AsyncIterator[AsyncEngine]:
+    """An engine on a clean (emptied) migrated database of the parametrised backend."""
+    eng = create_engine(database_urls[backend])
+    await _wipe(eng)
+    try:
+        yield eng
+    finally:
+        await eng.dispose()
+
+
+class FakeClock:
+    """A clock tests move by hand; starts at a fixed UTC instant."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        from datetime import timedelta
+
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def ctx(engine: AsyncEngine, clock: FakeClock) -> ServiceContext:
+    return ServiceContext(
+        engine=engine, tunables=Tunables(), clock=clock, mqtt_connected=lambda: True
+    )
