@@ -64,12 +64,21 @@ class SlotConfig(_Outbound):
 
 
 class MachineConfig(_Outbound):
+    """Retained config; `enabled: true` is left out (the default) to stay under 256 bytes."""
+
     version: int
     machine_id: str = Field(alias="machineId")
     slots: list[SlotConfig]
     telemetry_interval_s: int = Field(alias="telemetryIntervalS")
 
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    def to_bytes(self) -> bytes:
+        data = self.model_dump(by_alias=True)
+        for slot in data["slots"]:
+            if slot["enabled"]:
+                del slot["enabled"]
+        return json.dumps(data, separators=(",", ":")).encode()
 
 
 class DispenseResult(_Inbound):

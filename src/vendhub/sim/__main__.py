@@ -1,0 +1,86 @@
+"""Command line: `python -m vendhub.sim --machines 1000 --speed 0.1 --fault jam=0.05`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from dataclasses import fields
+from pathlib import Path
+
+from vendhub.sim.fleet import run_fleet
+from vendhub.sim.options import Faults, SimOptions
+
+
+def _fault(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    known = {f.name for f in fields(Faults)}
+    if not sep or name not in known:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME in {sorted(known)}")
+    return name, float(value)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vendhub sim", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--username")
+    p.add_argument("--password")
+    p.add_argument("--tls", action="store_true")
+    p.add_argument("--prefix", default="vm")
+    p.add_argument("--machines", type=int, default=1, help="how many, named by --id-pattern")
+    p.add_argument("--id-pattern", default="SIM{n:04d}")
+    p.add_argument("--ids", help="comma-separated machine ids (overrides --machines)")
+    p.add_argument("--speed", type=float, default=1.0, help="motor time factor, 0.01 = 100x")
+    p.add_argument("--telemetry-interval", type=float, default=60.0)
+    p.add_argument("--state-dir", type=Path)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--duration", type=float, help="seconds; default: until Ctrl-C")
+    p.add_argument("--stock", type=int, help="units per slot; default: never empty")
+    p.add_argument("--fault", type=_fault, action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _options(args: argparse.Namespace) -> SimOptions:
+    return SimOptions(
+        host=args.host,
+        port=args.port,
+        username=args.username,
+        password=args.password,
+        tls=args.tls,
+        prefix=args.prefix,
+        machine_ids=[i for i in (args.ids or "").split(",") if i],
+        count=args.machines,
+        id_pattern=args.id_pattern,
+        speed=args.speed,
+        telemetry_interval_s=args.telemetry_interval,
+        state_dir=args.state_dir,
+        faults=Faults(**dict(args.fault)),
+        seed=args.seed,
+        duration_s=args.duration,
+        stock_per_slot=args.stock,
+    )
+
+
+async def _main(options: SimOptions) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    stats = await run_fleet(options, stop)
+    print(stats.summary())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(_main(_options(args)))
+
+
+if __name__ == "__main__":
+    main()

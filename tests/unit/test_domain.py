@@ -1,0 +1,140 @@
+"""Order and unit lifecycles, payment status mapping, signatures, money."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vendhub.domain.model import (
+    FINAL_ORDER_STATUSES,
+    ORDER_TRANSITIONS,
+    IllegalTransition,
+    OrderStatus,
+    UnitStatus,
+    check_order_transition,
+    check_unit_transition,
+    order_outcome,
+)
+from vendhub.domain.payments import (
+    PaymentStatus,
+    format_rupiah,
+    map_midtrans_status,
+    midtrans_signature,
+    parse_rupiah,
+    signature_valid,
+)
+
+
+def test_seed_happy_path_is_a_legal_sequence_of_transitions() -> None:
+    path = [OrderStatus.PENDING, OrderStatus.PAID, OrderStatus.DISPENSING, OrderStatus.COMPLETED]
+    for current, new in itertools.pairwise(path):
+        check_order_transition(current, new)
+
+
+@pytest.mark.parametrize(
+    ("current", "new"),
+    [
+        (OrderStatus.PAID, OrderStatus.PENDING),  # a late `pending` webhook cannot un-pay
+        (OrderStatus.COMPLETED, OrderStatus.FAILED),
+        (OrderStatus.EXPIRED, OrderStatus.PAID),  # late payments are refunded, not applied
+        (OrderStatus.CANCELLED, OrderStatus.PAID),
+        (OrderStatus.PENDING, OrderStatus.COMPLETED),
+        (OrderStatus.PAID, OrderStatus.CANCELLED),
+    ],
+)
+def test_illegal_order_transitions_raise(current: OrderStatus, new: OrderStatus) -> None:
+    with pytest.raises(IllegalTransition):
+        check_order_transition(current, new)
+
+
+def test_final_statuses_have_no_way_out_except_failed_to_refunded() -> None:
+    for status in FINAL_ORDER_STATUSES:
+        allowed = ORDER_TRANSITIONS[status]
+        assert allowed <= {OrderStatus.REFUNDED}, status
+
+
+def test_a_settled_unit_can_never_change_again() -> None:
+    for settled in (UnitStatus.DROPPED, UnitStatus.FAILED):
+        for new in UnitStatus:
+            with pytest.raises(IllegalTransition):
+                check_unit_transition(settled, new)
+
+
+@given(st.lists(st.sampled_from(list(UnitStatus)), min_size=1, max_size=12))
+def test_order_outcome_waits_for_every_unit(units: list[UnitStatus]) -> None:
+    outcome = order_outcome(units)
+    if any(u in (UnitStatus.QUEUED, UnitStatus.IN_FLIGHT) for u in units):
+        assert outcome is None
+    elif all(u is UnitStatus.DROPPED for u in units):
+        assert outcome is OrderStatus.COMPLETED
+    else:
+        assert outcome is OrderStatus.FAILED
+
+
+def test_an_order_without_units_has_no_outcome() -> None:
+    assert order_outcome([]) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "fraud", "expected"),
+    [
+        ("settlement", None, PaymentStatus.PAID),
+        ("capture", "accept", PaymentStatus.PAID),
+        ("capture", "challenge", PaymentStatus.PENDING),
+        ("capture", "deny", PaymentStatus.FAILED),
+        ("pending", None, PaymentStatus.PENDING),
+        ("deny", None, PaymentStatus.FAILED),
+        ("cancel", None, PaymentStatus.FAILED),
+        ("failure", None, PaymentStatus.FAILED),
+        ("expire", None, PaymentStatus.EXPIRED),
+        ("refund", None, PaymentStatus.REFUNDED),
+        ("partial_refund", None, PaymentStatus.REFUNDED),
+        ("something_new", None, None),
+    ],
+)
+def test_midtrans_statuses_map_to_normalised_ones(
+    status: str, fraud: str | None, expected: PaymentStatus | None
+) -> None:
+    assert map_midtrans_status(status, fraud) is expected
+
+
+def test_signature_is_sha512_of_the_raw_strings_as_midtrans_documents() -> None:
+    raw = "ORD-1" + "200" + "15000.00" + "server-key"
+    assert (
+        midtrans_signature("ORD-1", "200", "15000.00", "server-key")
+        == hashlib.sha512(raw.encode()).hexdigest()
+    )
+
+
+def test_signature_over_a_reformatted_amount_does_not_verify() -> None:
+    good = midtrans_signature("ORD-1", "200", "15000.00", "key")
+    assert signature_valid("ORD-1", "200", "15000.00", "key", good)
+    assert not signature_valid("ORD-1", "200", "15000", "key", good)
+    assert not signature_valid("ORD-1", "200", "15000.00", "other-key", good)
+    assert not signature_valid("ORD-1", "200", "15000.00", "key", "")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("15000.00", 15000),
+        ("15000", 15000),
+        ("0.00", 0),
+        ("15000.50", None),
+        ("abc", None),
+        ("-5.00", None),
+        ("NaN", None),
+        ("Infinity", None),
+    ],
+)
+def test_gateway_amounts_parse_to_whole_rupiah_or_nothing(text: str, expected: int | None) -> None:
+    assert parse_rupiah(text) == expected
+
+
+@given(st.integers(min_value=0, max_value=10**12))
+def test_formatted_amounts_parse_back_to_the_same_rupiah(amount: int) -> None:
+    assert parse_rupiah(format_rupiah(amount)) == amount

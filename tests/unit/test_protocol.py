@@ -1,0 +1,187 @@
+"""The wire contract: topics, payload limits, message shapes (protocol.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vendhub.protocol.messages import (
+    DEVICE_BUFFER_BYTES,
+    MAX_PAYLOAD_BYTES,
+    AckCommand,
+    DispenseCommand,
+    InvalidPayload,
+    MachineConfig,
+    SlotConfig,
+    SyncCommand,
+    parse_command,
+    parse_result,
+    parse_status,
+    parse_telemetry,
+)
+from vendhub.protocol.topics import InvalidTopic, TopicKind, fleet_filter, parse_topic, topic
+
+
+def test_dispense_command_keeps_the_seed_fields_and_fits_the_device_buffer() -> None:
+    command = DispenseCommand(
+        command_id="01JD3Q8W7Z0000000000000000",
+        order_id="ORD-20261127-8F2A1C3D",
+        slot=12,
+        timeout_ms=60650,
+        expires_at=1795745000,
+    )
+    body = json.loads(command.to_bytes())
+    assert body == {
+        "cmd": "dispense",
+        "commandId": "01JD3Q8W7Z0000000000000000",
+        "orderId": "ORD-20261127-8F2A1C3D",
+        "slot": 12,
+        "timeoutMs": 60650,
+        "expiresAt": 1795745000,
+    }
+    assert len(command.to_bytes()) < DEVICE_BUFFER_BYTES
+
+
+def test_ack_and_sync_commands_have_the_documented_shape() -> None:
+    assert json.loads(AckCommand(command_id="C1").to_bytes()) == {"cmd": "ack", "commandId": "C1"}
+    assert json.loads(SyncCommand().to_bytes()) == {"cmd": "sync"}
+
+
+def test_config_for_six_slots_fits_the_device_buffer() -> None:
+    config = MachineConfig(
+        version=7,
+        machine_id="VM01",
+        telemetry_interval_s=60,
+        slots=[SlotConfig(slot=n, motor_ms=1500) for n in range(1, 7)],
+    )
+    assert len(config.to_bytes()) < DEVICE_BUFFER_BYTES
+    assert parse_config_roundtrip(config) == config
+
+
+def parse_config_roundtrip(config: MachineConfig) -> MachineConfig:
+    from vendhub.protocol.messages import parse_config
+
+    return parse_config(config.to_bytes())
+
+
+def test_commands_parse_back_for_devices() -> None:
+    command = DispenseCommand(command_id="C", order_id="O", slot=1, timeout_ms=2150, expires_at=1)
+    assert parse_command(command.to_bytes()) == command
+    assert isinstance(parse_command(b'{"cmd":"sync"}'), SyncCommand)
+    with pytest.raises(InvalidPayload):
+        parse_command(b'{"cmd":"selfdestruct"}')
+
+
+def test_seed_result_without_command_id_is_accepted() -> None:
+    result = parse_result(
+        b'{"orderId":"ORD-1","slot":1,"success":true,"dropDetected":true,"durationMs":1850}'
+    )
+    assert result.command_id is None and result.dropped
+
+
+@pytest.mark.parametrize(
+    ("success", "drop", "dropped"),
+    [(True, True, True), (True, False, False), (False, True, False), (False, False, False)],
+)
+def test_a_unit_counts_only_when_success_and_drop_detected(
+    success: bool, drop: bool, dropped: bool
+) -> None:
+    payload = json.dumps({"orderId": "O", "slot": 1, "success": success, "dropDetected": drop})
+    assert parse_result(payload.encode()).dropped is dropped
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
+    result = parse_result(
+        b'{"orderId":"O","slot":1,"success":true,"dropDetected":true,"firmwareExtra":{"x":1}}'
+    )
+    assert result.order_id == "O"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",
+        b"\xff\xfe",
+        b"[1,2,3]",
+        b'"a string"',
+        b'{"orderId":"O","slot":"1","success":true}',  # wrong type: no coercion
+        b'{"orderId":"O","slot":1,"success":"yes"}',
+        b'{"slot":1,"success":true}',  # missing orderId
+        b'{"orderId":"O","slot":0,"success":true}',
+        b'{"orderId":"O","slot":1,"success":true,"durationMs":-5}',
+    ],
+)
+def test_malformed_results_raise_invalid_payload(payload: bytes) -> None:
+    with pytest.raises(InvalidPayload):
+        parse_result(payload)
+
+
+def test_payloads_over_8_kib_are_refused_before_parsing() -> None:
+    big = b'{"orderId":"O","slot":1,"success":true,"pad":"' + b"x" * MAX_PAYLOAD_BYTES + b'"}'
+    with pytest.raises(InvalidPayload, match="exceeds"):
+        parse_result(big)
+
+
+@pytest.mark.parametrize("field", ["temperature", "temp", "value"])
+def test_temperature_is_read_from_any_of_the_seed_names(field: str) -> None:
+    reading, raw = parse_telemetry(json.dumps({field: 4.5}).encode())
+    assert reading.temperature == 4.5
+    assert raw == {field: 4.5}
+
+
+def test_telemetry_slot_levels_are_validated() -> None:
+    reading, _ = parse_telemetry(b'{"slots":[{"id":1,"level":"LOW"}]}')
+    assert reading.slots[0].level.value == "LOW"
+    with pytest.raises(InvalidPayload):
+        parse_telemetry(b'{"slots":[{"id":1,"level":"HALF"}]}')
+
+
+def test_status_is_case_insensitive_and_carries_the_boot_id() -> None:
+    status = parse_status(b'{"status":"online","fw":"1.2.0","bootId":"a1b2"}')
+    assert status.status.value == "ONLINE" and status.boot_id == "a1b2"
+    with pytest.raises(InvalidPayload):
+        parse_status(b'{"status":"SLEEPING"}')
+
+
+def test_topics_round_trip_for_every_kind() -> None:
+    for kind in TopicKind:
+        parsed = parse_topic("vm", topic("vm", "VM-01_a", kind))
+        assert (parsed.machine_id, parsed.kind) == ("VM-01_a", kind)
+
+
+def test_multi_level_prefixes_work() -> None:
+    assert parse_topic("acme/jkt", "acme/jkt/VM01/status").machine_id == "VM01"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "vm/VM01",
+        "vm/VM 01/status",
+        "vm/VM01/unknown",
+        "other/VM01/status",
+        "vm/+/status",
+        "vm/" + "x" * 51 + "/status",
+        "vm/VM01/status/extra",
+        "vm//status",
+    ],
+)
+def test_invalid_topics_are_rejected(value: str) -> None:
+    with pytest.raises(InvalidTopic):
+        parse_topic("vm", value)
+
+
+def test_fleet_filters_are_wildcards_optionally_shared() -> None:
+    assert fleet_filter("vm", TopicKind.STATUS) == "vm/+/status"
+    assert fleet_filter("vm", TopicKind.TELEMETRY, "vendhub") == "$share/vendhub/vm/+/telemetry"
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_crash_the_parsers(data: bytes) -> None:
+    for parse in (parse_result, parse_status, parse_telemetry, parse_command):
+        with contextlib.suppress(InvalidPayload):
+            parse(data)
