@@ -210,7 +210,10 @@ def mqtt_simulate(
     console.print(f"published to {target}: {json.dumps(result)}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
 def sim(ctx: typer.Context) -> None:
     """Simulated machines speaking protocol.md (see `vendhub sim --help`)."""
     from vendhub.sim.__main__ import main as sim_main
