@@ -221,5 +221,41 @@ def sim(ctx: typer.Context) -> None:
     sim_main(list(ctx.args))
 
 
+@app.command()
+def bench(
+    database_url: Annotated[
+        str | None, typer.Option(help="default: a new SQLite file in a temp dir")
+    ] = None,
+    broker: Annotated[str, typer.Option(help="host:port of a running broker")] = "127.0.0.1:1883",
+    parts: Annotated[str, typer.Option(help="comma list")] = "telemetry,orders,webhook",
+    telemetry_messages: int = 20_000,
+    orders: int = 1000,
+    machines: int = 50,
+) -> None:
+    """Measure telemetry msgs/s stored, orders/s completed, webhook→command latency."""
+    import tempfile
+    from pathlib import Path
+
+    from vendhub.bench import BenchConfig, run
+
+    url = database_url or f"sqlite+aiosqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}"
+    from vendhub.config import normalise_database_url
+
+    host, _, port = broker.rpartition(":")
+    cfg = BenchConfig(
+        database_url=normalise_database_url(url),
+        broker_host=host or "127.0.0.1",
+        broker_port=int(port),
+        telemetry_messages=telemetry_messages,
+        orders=orders,
+        machines=machines,
+    )
+    logging.basicConfig(level="WARNING")
+    figures = asyncio.run(run(cfg, set(parts.split(","))))
+    print(f"database: {_redacted(cfg.database_url)}")
+    for name, value in figures.items():
+        print(f"{name}: {value:.1f}")
+
+
 def main() -> None:
     app()

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vendhub.adapters.db.tables import dispenses, orders, outbox
 from vendhub.domain.model import OrderStatus, UnitStatus, check_order_transition
 from vendhub.protocol.messages import DispenseCommand
 from vendhub.services.context import ServiceContext
-from vendhub.services.dispatch import dispatch_next, lock_order, settle_unit
+from vendhub.services.dispatch import dispatch_next, settle_unit
 from vendhub.services.outbox import OutboxKind, enqueue
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,27 @@ class OutboxItem:
     qos: int
     retain: bool
     dispense_id: str | None
+    # False for a dispense whose unit settled or expired meanwhile: not worth sending.
+    sendable: bool = True
+    timeout_ms: int = 0
+    order_id: str | None = None
 
 
-async def pending(ctx: ServiceContext, limit: int = 200) -> list[OutboxItem]:
+async def pending(ctx: ServiceContext, limit: int = 500) -> list[OutboxItem]:
+    """Unpublished rows in id order, each with whether it is still worth sending."""
+    now = ctx.clock()
     stmt = (
-        sa.select(outbox).where(outbox.c.published_at.is_(None)).order_by(outbox.c.id).limit(limit)
+        sa.select(
+            outbox,
+            dispenses.c.status.label("unit_status"),
+            dispenses.c.expires_at.label("unit_expires_at"),
+            dispenses.c.timeout_ms,
+            dispenses.c.order_id,
+        )
+        .outerjoin(dispenses, dispenses.c.id == outbox.c.dispense_id)
+        .where(outbox.c.published_at.is_(None))
+        .order_by(outbox.c.id)
+        .limit(limit)
     )
     async with ctx.engine.connect() as conn:
         rows = (await conn.execute(stmt)).mappings().all()
@@ -47,75 +64,80 @@ async def pending(ctx: ServiceContext, limit: int = 200) -> list[OutboxItem]:
             r["qos"],
             r["retain"],
             r["dispense_id"],
+            sendable=_sendable(r, now),
+            timeout_ms=r["timeout_ms"] or 0,
+            order_id=r["order_id"],
         )
         for r in rows
     ]
 
 
-async def still_sendable(ctx: ServiceContext, item: OutboxItem) -> bool:
-    """A dispense command whose unit settled or expired is not worth sending."""
-    if item.kind is not OutboxKind.DISPENSE or item.dispense_id is None:
+def _sendable(row: RowMapping, now: datetime) -> bool:
+    if row["kind"] != OutboxKind.DISPENSE.value or row["dispense_id"] is None:
         return True
-    async with ctx.engine.connect() as conn:
-        row = (
-            await conn.execute(
-                sa.select(dispenses.c.status, dispenses.c.expires_at).where(
-                    dispenses.c.id == item.dispense_id
-                )
-            )
-        ).first()
-    return (
-        row is not None
-        and row.status == UnitStatus.IN_FLIGHT.value
-        and (row.expires_at is None or row.expires_at > ctx.clock())
+    expires_at = row["unit_expires_at"]
+    return row["unit_status"] == UnitStatus.IN_FLIGHT.value and (
+        expires_at is None or expires_at > now
     )
 
 
-async def mark_done(ctx: ServiceContext, item: OutboxItem, *, sent: bool, error: str = "") -> None:
-    """After the broker acknowledged (sent) or we decided not to send: never publish it again."""
+async def mark_done(ctx: ServiceContext, sent: list[OutboxItem], skipped: list[OutboxItem]) -> None:
+    """One transaction for a whole batch: after the broker's PUBACK (sent) or a decision
+    not to send (skipped), a row is never published again."""
+    if not sent and not skipped:
+        return
     now = ctx.clock()
     async with ctx.engine.begin() as conn:
-        await conn.execute(
-            sa.update(outbox)
-            .where(outbox.c.id == item.id)
-            .values(
-                published_at=now, attempts=outbox.c.attempts + 1, last_error=None if sent else error
+        if sent:
+            await conn.execute(
+                sa.update(outbox)
+                .where(outbox.c.id.in_([i.id for i in sent]))
+                .values(published_at=now, attempts=outbox.c.attempts + 1)
             )
-        )
-        if sent and item.kind is OutboxKind.DISPENSE and item.dispense_id:
-            await _command_sent(ctx, conn, item.dispense_id, now)
+        if skipped:
+            await conn.execute(
+                sa.update(outbox)
+                .where(outbox.c.id.in_([i.id for i in skipped]))
+                .values(published_at=now, last_error="unit settled or expired before sending")
+            )
+        commands = [i for i in sent if i.kind is OutboxKind.DISPENSE and i.dispense_id]
+        if commands:
+            await _commands_sent(ctx, conn, commands, now)
 
 
-async def _command_sent(
-    ctx: ServiceContext, conn: AsyncConnection, dispense_id: str, now: datetime
+async def _commands_sent(
+    ctx: ServiceContext, conn: AsyncConnection, items: list[OutboxItem], now: datetime
 ) -> None:
-    unit = (
-        (await conn.execute(sa.select(dispenses).where(dispenses.c.id == dispense_id)))
-        .mappings()
-        .first()
-    )
-    if unit is None or unit["status"] != UnitStatus.IN_FLIGHT.value:
-        return
-    wait = timedelta(milliseconds=unit["timeout_ms"] + ctx.tunables.result_grace_ms)
+    grace = ctx.tunables.result_grace_ms
     await conn.execute(
         sa.update(dispenses)
-        .where(dispenses.c.id == dispense_id)
+        .where(
+            dispenses.c.id == sa.bindparam("unit_id"),
+            dispenses.c.status == UnitStatus.IN_FLIGHT.value,
+        )
         .values(
             attempts=dispenses.c.attempts + 1,
             command_sent_at=sa.func.coalesce(dispenses.c.command_sent_at, now),
-            next_attempt_at=now + wait,
-        )
+            next_attempt_at=sa.bindparam("retry_at"),
+        ),
+        [
+            {
+                "unit_id": i.dispense_id,
+                "retry_at": now + timedelta(milliseconds=i.timeout_ms + grace),
+            }
+            for i in items
+        ],
     )
-    order = await lock_order(conn, unit["order_id"])
-    if order is not None and order["status"] == OrderStatus.PENDING_DISPENSE.value:
-        check_order_transition(OrderStatus.PENDING_DISPENSE, OrderStatus.DISPENSING)
-        await conn.execute(
-            sa.update(orders)
-            .where(
-                orders.c.id == order["id"], orders.c.status == OrderStatus.PENDING_DISPENSE.value
-            )
-            .values(status=OrderStatus.DISPENSING.value, updated_at=now)
+    # The command is out: a waiting order is now dispensing.
+    check_order_transition(OrderStatus.PENDING_DISPENSE, OrderStatus.DISPENSING)
+    await conn.execute(
+        sa.update(orders)
+        .where(
+            orders.c.id.in_({i.order_id for i in items if i.order_id}),
+            orders.c.status == OrderStatus.PENDING_DISPENSE.value,
         )
+        .values(status=OrderStatus.DISPENSING.value, updated_at=now)
+    )
 
 
 async def retransmit_due(ctx: ServiceContext, limit: int = 200) -> int:

@@ -9,6 +9,7 @@ import logging
 from vendhub.adapters.mqtt.client import MqttClient, MqttNotConnected, MqttPublishError
 from vendhub.metrics import Metrics
 from vendhub.services import commands
+from vendhub.services.commands import OutboxItem
 from vendhub.services.context import ServiceContext
 
 log = logging.getLogger(__name__)
@@ -38,24 +39,36 @@ class OutboxPublisher:
                 await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL_S)
 
     async def publish_pending(self) -> int:
-        sent = 0
+        """Publish every pending row, a batch at a time; stop early if the broker is gone."""
+        total = 0
         while True:
             items = await commands.pending(self.ctx)
             if not items:
-                return sent
-            for item in items:
-                if not await commands.still_sendable(self.ctx, item):
-                    await commands.mark_done(
-                        self.ctx, item, sent=False, error="unit settled or expired before sending"
-                    )
-                    continue
-                try:
-                    await self.mqtt.publish(item.topic, item.payload, item.qos, item.retain)
-                except (MqttNotConnected, MqttPublishError) as exc:
-                    # Stays in the outbox; resumed when the connection is back.
-                    log.info("outbox paused at id=%d: %s", item.id, exc)
-                    await self.mqtt.wait_connected(within_s=5)
-                    return sent
-                await commands.mark_done(self.ctx, item, sent=True)
+                return total
+            sent, complete = await self._publish_batch([i for i in items if i.sendable])
+            await commands.mark_done(self.ctx, sent, [i for i in items if not i.sendable])
+            total += len(sent)
+            if not complete:
+                await self.mqtt.wait_connected(within_s=5)
+                return total
+
+    async def _publish_batch(self, items: list[OutboxItem]) -> tuple[list[OutboxItem], bool]:
+        """Publishes concurrently (in order on the wire); returns those the broker acked."""
+        outcomes = await asyncio.gather(
+            *(self.mqtt.publish(i.topic, i.payload, i.qos, i.retain) for i in items),
+            return_exceptions=True,
+        )
+        sent: list[OutboxItem] = []
+        complete = True
+        for item, outcome in zip(items, outcomes, strict=True):
+            if outcome is None:
+                sent.append(item)
                 self.metrics.messages_out.labels(item.kind.value).inc()
-                sent += 1
+            elif isinstance(outcome, MqttNotConnected | MqttPublishError):
+                # Stays in the outbox; resumed when the connection is back.
+                complete = False
+            else:
+                raise outcome
+        if not complete:
+            log.info("outbox paused: %d of %d published; broker unavailable", len(sent), len(items))
+        return sent, complete

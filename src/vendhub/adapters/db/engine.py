@@ -24,7 +24,16 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
 
 
 def _sqlite_engine(url: str, echo: bool) -> AsyncEngine:
-    engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+    # One connection: SQLite allows one writer at a time anyway, and queueing for the pool is
+    # far cheaper than SQLite's busy handler, which sleeps in growing steps under contention.
+    engine = create_async_engine(
+        url,
+        echo=echo,
+        connect_args={"timeout": 30},
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=120,
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 # capped so a long outage does not hammer the broker or the log.
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0
+PENDING_CALLS_WARN = 2000
 
 
 class MqttNotConnected(RuntimeError):
@@ -116,7 +117,7 @@ class MqttClient:
     def _new_client(self) -> aiomqtt.Client:
         cfg = self.config
         tls_context = ssl.create_default_context() if cfg.tls else None
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             cfg.host,
             cfg.port,
             username=cfg.username,
@@ -128,6 +129,9 @@ class MqttClient:
             protocol=aiomqtt.ProtocolVersion.V311,
             timeout=cfg.publish_timeout_s,
         )
+        # The outbox publishes whole batches concurrently; that many in flight is by design.
+        client.pending_calls_threshold = PENDING_CALLS_WARN
+        return client
 
     async def _on_up(self, client: aiomqtt.Client) -> None:
         for topic_filter in self.subscriptions:
