@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Generator
 
 import httpx
 import uvicorn
 
 from vendhub.adapters.db.migrate import upgrade_async
-from vendhub.adapters.mqtt.embedded import BrokerPortInUse
+from vendhub.adapters.mqtt.embedded import BrokerPortInUse, check_port_free
 from vendhub.bootstrap import build, mqtt_config
 from vendhub.config import Settings
 from vendhub.entrypoints.api.app import create_app
@@ -20,14 +21,37 @@ log = logging.getLogger("vendhub.serve")
 FINAL = {"COMPLETED", "FAILED", "REFUNDED", "EXPIRED", "CANCELLED"}
 
 
+class _Server(uvicorn.Server):
+    """uvicorn.Server that exits normally (code 0) after a graceful SIGTERM/SIGINT shutdown.
+
+    uvicorn re-raises the captured signal once shutdown is complete, so with the default
+    handler the process dies of SIGTERM (exit 143) although it stopped cleanly.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+
+
 async def run_server(settings: Settings, *, demo: bool = False, migrate: bool = False) -> int:
+    if settings.embedded_broker:
+        # Checked before uvicorn starts: a failure inside its lifespan prints a traceback.
+        try:
+            check_port_free(settings.mqtt_embedded_bind, settings.mqtt_embedded_port)
+        except BrokerPortInUse as exc:
+            log.error("%s", exc)
+            return 2
     if migrate:
         await upgrade_async(settings.resolved_database_url)
     container = build(settings)
     if demo:
         await seed_demo(container.ctx, settings.machine_id)
     app = create_app(container=container)
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(
             app,
             host=settings.host,

@@ -13,7 +13,8 @@ class BrokerPortInUse(RuntimeError):
     """Another broker (often Mosquitto) already listens on the embedded broker's port."""
 
 
-def _check_port_free(bind: str, port: int) -> None:
+def check_port_free(bind: str, port: int) -> None:
+    """Raise BrokerPortInUse (one line naming both fixes) if bind:port is taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -33,7 +34,7 @@ class EmbeddedBroker:
         self._broker: Any = None
 
     async def start(self) -> None:
-        _check_port_free(self.bind, self.port)
+        check_port_free(self.bind, self.port)
         from amqtt.broker import Broker
 
         config = {

@@ -1,0 +1,184 @@
+"""The `vendhub` console script, run as a user would: subprocesses, another directory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from tests.conftest import MQTT_HOST, MQTT_PORT, free_port, unique
+from tests.e2e.conftest import VENDHUB, clean_env, vendhub
+from vendhub.adapters.db.engine import create_engine
+from vendhub.protocol.messages import parse_result
+from vendhub.services import auth
+from vendhub.services.context import ServiceContext
+from vendhub.services.errors import Unauthorized
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+
+
+def sqlite_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'cli.db'}", **extra)
+
+
+def elsewhere(tmp_path: Path) -> Path:
+    """A working directory with no project files in it."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir(exist_ok=True)
+    return cwd
+
+
+def tables(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def count(db: Path, table: str) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def test_db_upgrade_from_another_directory_creates_the_schema(tmp_path: Path) -> None:
+    cwd = elsewhere(tmp_path)
+    done = vendhub("db", "upgrade", env=sqlite_env(tmp_path), cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    expected = {"machines", "slots", "products", "orders", "dispenses", "outbox", "refunds"}
+    assert expected | {"alembic_version", "telemetry", "users"} <= tables(tmp_path / "cli.db")
+    assert not list(cwd.iterdir())  # nothing written where it ran
+
+
+def test_seed_demo_twice_is_idempotent(tmp_path: Path) -> None:
+    env, cwd, db = sqlite_env(tmp_path), elsewhere(tmp_path), tmp_path / "cli.db"
+    assert vendhub("db", "upgrade", env=env, cwd=cwd).returncode == 0
+    first = vendhub("seed", "--demo", env=env, cwd=cwd)
+    assert first.returncode == 0, first.stderr
+    counts = {t: count(db, t) for t in ("machines", "products", "slots", "stock_logs")}
+    assert counts == {"machines": 1, "products": 6, "slots": 6, "stock_logs": 6}
+    second = vendhub("seed", "--demo", env=env, cwd=cwd)
+    assert second.returncode == 0, second.stderr
+    assert "nothing changed" in second.stderr
+    assert {t: count(db, t) for t in counts} == counts
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT id FROM machines").fetchall() == [("VM01",)]
+
+
+async def test_users_create_admin_makes_an_account_that_can_log_in(tmp_path: Path) -> None:
+    env, cwd = sqlite_env(tmp_path), elsewhere(tmp_path)
+    assert vendhub("db", "upgrade", env=env, cwd=cwd).returncode == 0
+    done = vendhub(
+        "users", "create-admin", "--username", "opsx", "--password", "Tr0ub4dor&3", env=env, cwd=cwd
+    )
+    assert done.returncode == 0, done.stderr
+    again = vendhub(
+        "users", "create-admin", "--username", "opsx", "--password", "other-pass", env=env, cwd=cwd
+    )
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}")
+    try:
+        ctx = ServiceContext(engine=engine)
+        user = await auth.authenticate(ctx, "opsx", "Tr0ub4dor&3")
+        assert (user["username"], user["role"]) == ("opsx", "SUPER_ADMIN")
+        with pytest.raises(Unauthorized):
+            await auth.authenticate(ctx, "opsx", "other-pass")
+    finally:
+        await engine.dispose()
+
+
+async def published_by(args: list[str], env: dict[str, str], topic: str) -> dict[str, Any]:
+    """Run `vendhub <args>` while subscribed to `topic`; the one message it published."""
+    async with aiomqtt.Client(
+        MQTT_HOST, MQTT_PORT, identifier=unique("cli-sub-"), protocol=aiomqtt.ProtocolVersion.V311
+    ) as client:
+        await client.subscribe(topic, qos=1)
+        process = await asyncio.create_subprocess_exec(
+            *VENDHUB,
+            *args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert process.returncode == 0, stderr.decode()
+
+        async def first() -> aiomqtt.Message:
+            async for message in client.messages:
+                return message
+            raise AssertionError("subscription ended")
+
+        message = await asyncio.wait_for(first(), 10)
+    assert str(message.topic) == topic
+    assert isinstance(message.payload, bytes)
+    body: dict[str, Any] = json.loads(message.payload)
+    return body
+
+
+def mqtt_env(tmp_path: Path, prefix: str) -> dict[str, str]:
+    return sqlite_env(
+        tmp_path,
+        MQTT_BROKER_URL=f"mqtt://{MQTT_HOST}:{MQTT_PORT}",
+        MQTT_TOPIC_PREFIX=prefix,
+    )
+
+
+async def test_mqtt_publish_sends_sample_telemetry_for_the_machine(tmp_path: Path) -> None:
+    prefix = unique("cli")
+    body = await published_by(
+        ["mqtt", "publish", "--machine-id", "VM01"],
+        mqtt_env(tmp_path, prefix),
+        f"{prefix}/VM01/telemetry",
+    )
+    assert isinstance(body["temperature"], float)
+    assert body["slots"] and {"id", "level"} <= set(body["slots"][0])
+
+
+async def test_mqtt_simulate_publishes_a_seed_shaped_dispense_result(tmp_path: Path) -> None:
+    prefix = unique("cli")
+    body = await published_by(
+        ["mqtt", "simulate", "ORD-20261127-8F2A1C3D", "--slot", "3"],
+        mqtt_env(tmp_path, prefix),
+        f"{prefix}/VM01/dispense_result",
+    )
+    result = parse_result(json.dumps(body).encode())
+    assert (result.order_id, result.slot, result.dropped) == ("ORD-20261127-8F2A1C3D", 3, True)
+    assert result.command_id is None  # the seed's devices send none
+    assert {"orderId", "slot", "success", "dropDetected", "durationMs", "error"} <= set(body)
+
+
+def test_serve_with_the_embedded_broker_port_taken_exits_with_one_clear_line(
+    tmp_path: Path,
+) -> None:
+    env = sqlite_env(
+        tmp_path, MQTT_EMBEDDED_PORT=str(MQTT_PORT), PORT=str(free_port()), HOST="127.0.0.1"
+    )
+    assert "MQTT_BROKER_URL" not in env  # the embedded default
+    done = vendhub("serve", "--migrate", env=env, cwd=elsewhere(tmp_path), timeout=30)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "Traceback" not in output
+    [line] = [ln for ln in output.splitlines() if "MQTT_BROKER_URL" in ln]
+    assert "MQTT_EMBEDDED_PORT" in line and str(MQTT_PORT) in line
+
+
+def test_production_with_the_default_jwt_secret_refuses_to_start(tmp_path: Path) -> None:
+    env = sqlite_env(tmp_path, APP_ENV="production", PORT=str(free_port()))
+    done = vendhub("serve", env=env, cwd=elsewhere(tmp_path), timeout=30)
+    assert done.returncode == 2
+    assert "JWT_SECRET" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_vendhub_sim_hands_its_arguments_to_the_simulator(tmp_path: Path) -> None:
+    done = vendhub("sim", "--help", env=clean_env(), cwd=elsewhere(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "--machines" in done.stdout and "--fault" in done.stdout
