@@ -61,11 +61,14 @@ async def place_order(
         if not machine["is_active"]:
             raise Conflict(f"machine {machine_id} is not accepting orders")
         merged = await _merge_lines(conn, machine_id, lines)
+        # Slot rows are locked in one global order (by id), so two orders naming the same
+        # slots in opposite orders cannot deadlock each other.
+        for slot_id in sorted(merged):
+            await stock.reserve(conn, slot_id, merged[slot_id][2], now)
         order_id = new_order_id(now)
         total = 0
         items = []
         for slot_id, (slot, product, quantity) in merged.items():
-            await stock.reserve(conn, slot_id, quantity, now)
             price = (
                 slot["price_override"] if slot["price_override"] is not None else product["price"]
             )

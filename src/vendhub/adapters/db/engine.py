@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -20,7 +21,23 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         # READ COMMITTED keeps the conditional UPDATEs simple and the same as on PostgreSQL.
         kwargs["isolation_level"] = "READ COMMITTED"
         kwargs["pool_recycle"] = 3600
-    return create_async_engine(url, echo=echo, **kwargs)
+    engine = create_async_engine(url, echo=echo, **kwargs)
+    if parsed.get_backend_name() == "mysql":
+        event.listen(engine.sync_engine, "handle_error", _mariadb_check_violation)
+    return engine
+
+
+# MariaDB reports a failed CHECK constraint as error 4025, which the driver raises as an
+# OperationalError; it is a constraint violation like on every other database.
+MARIADB_CHECK_VIOLATION = 4025
+
+
+def _mariadb_check_violation(context: ExceptionContext) -> IntegrityError | None:
+    original = context.original_exception
+    args = getattr(original, "args", ())
+    if args and args[0] == MARIADB_CHECK_VIOLATION:
+        return IntegrityError(context.statement, context.parameters, original)
+    return None
 
 
 def _sqlite_engine(url: str, echo: bool) -> AsyncEngine:

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vendhub.adapters.mqtt.client import MqttNotConnected, MqttPublishError
 from vendhub.domain.model import DomainError, IllegalTransition, OutOfStock
 from vendhub.services.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
 from vendhub.services.ports import InvalidNotification
@@ -53,8 +54,18 @@ def install(app: FastAPI) -> None:
         ]
         return error_response(422, "validation_error", "request is invalid", details)
 
+    @app.exception_handler(MqttNotConnected)
+    @app.exception_handler(MqttPublishError)
+    async def _mqtt(_: Request, exc: Exception) -> JSONResponse:
+        # A dependency is down, not a bug: tell the client to retry later, not "internal error".
+        return error_response(503, "mqtt_unavailable", str(exc))
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's only 400 is a body it cannot decode at all (e.g. not UTF-8): the same
+            # client mistake as broken JSON, which it reports as 422.
+            return error_response(422, "validation_error", "request body is not valid JSON")
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
         )

@@ -1,0 +1,276 @@
+"""Dispense results on every database: applied at most once, failures refunded per unit."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.integration.helpers import (
+    count,
+    order,
+    order_status,
+    outbox_rows,
+    pay,
+    quick_shop,
+    report,
+    rows,
+    sandbox,
+    slot_row,
+)
+from vendhub.adapters.db.tables import (
+    dispense_results,
+    dispenses,
+    machine_events,
+    refunds,
+    stock_logs,
+)
+from vendhub.protocol.messages import DispenseResult
+from vendhub.services import results
+from vendhub.services.checkout import checkout
+from vendhub.services.context import ServiceContext
+from vendhub.services.orders import OrderLine, get_order
+
+pytestmark = pytest.mark.integration
+
+COCA_COLA, AQUA = 8000, 5000  # slots 1 and 2 of the demo shop
+
+
+async def paid_order(ctx: ServiceContext, slot: int = 1, quantity: int = 1) -> str:
+    order_id = await order(ctx, slot=slot, quantity=quantity)
+    assert await pay(ctx, order_id, COCA_COLA * quantity) == "paid"
+    return order_id
+
+
+async def apply(ctx: ServiceContext, machine_id: str = "VM01", **fields: Any) -> str:
+    result = DispenseResult.model_validate(
+        {"success": True, "dropDetected": True, "durationMs": 1500, "error": None, **fields}
+    )
+    return (await results.apply_result(ctx, machine_id, result, "{}")).value
+
+
+async def commands(ctx: ServiceContext) -> list[dict[str, Any]]:
+    return [r["body"] for r in await outbox_rows(ctx, "dispense")]
+
+
+@pytest.fixture
+async def stocked(ctx: ServiceContext) -> ServiceContext:
+    await quick_shop(ctx, stock=5)
+    return ctx
+
+
+async def test_duplicate_result_decrements_stock_once_and_is_acked_again(
+    stocked: ServiceContext,
+) -> None:
+    ctx = stocked
+    order_id = await paid_order(ctx)
+    [command] = await commands(ctx)
+    assert await report(ctx, command) == "APPLIED"
+    assert await report(ctx, command) == "DUPLICATE"
+    assert await report(ctx, command) == "DUPLICATE"
+    slot = await slot_row(ctx, 1)
+    assert (slot["current_stock"], slot["reserved"]) == (4, 0)
+    logs = await rows(ctx, stock_logs, stock_logs.c.change_type == "DISPENSE")
+    assert [(log["quantity_change"], log["dispense_id"]) for log in logs] == [
+        (-1, command["commandId"])
+    ]
+    acks = [a["body"] for a in await outbox_rows(ctx, "ack")]
+    assert acks == [{"cmd": "ack", "commandId": command["commandId"]}] * 3
+    assert await order_status(ctx, order_id) == "COMPLETED"
+    assert await count(ctx, refunds) == 0
+
+
+async def test_concurrent_duplicate_results_apply_once(stocked: ServiceContext) -> None:
+    ctx = stocked
+    await paid_order(ctx)
+    [command] = await commands(ctx)
+    outcomes = await asyncio.gather(*(report(ctx, command) for _ in range(5)))
+    assert sorted(outcomes) == ["APPLIED"] + ["DUPLICATE"] * 4
+    assert (await slot_row(ctx, 1))["current_stock"] == 4
+    assert await count(ctx, stock_logs, stock_logs.c.change_type == "DISPENSE") == 1
+
+
+@pytest.mark.parametrize(
+    ("success", "drop_detected", "error", "expected_error"),
+    [(False, False, "JAM", "JAM"), (True, False, None, "NO_DROP")],
+    ids=["motor-failed", "no-drop-seen"],
+)
+async def test_failed_unit_fails_order_releases_stock_and_owes_one_refund(
+    stocked: ServiceContext,
+    success: bool,
+    drop_detected: bool,
+    error: str | None,
+    expected_error: str,
+) -> None:
+    ctx = stocked
+    order_id = await paid_order(ctx)
+    [command] = await commands(ctx)
+    fields = {"commandId": command["commandId"], "orderId": order_id, "slot": 1}
+    outcome = await apply(ctx, success=success, dropDetected=drop_detected, error=error, **fields)
+    assert outcome == "APPLIED"
+    assert await apply(ctx, success=success, dropDetected=drop_detected, **fields) == "DUPLICATE"
+    view = await get_order(ctx, order_id)
+    assert view["status"] == "FAILED"
+    [unit] = view["dispenses"]
+    assert (unit["status"], unit["error_message"]) == ("FAILED", expected_error)
+    slot = await slot_row(ctx, 1)
+    assert (slot["current_stock"], slot["reserved"]) == (5, 0)
+    assert await count(ctx, stock_logs, stock_logs.c.change_type == "DISPENSE") == 0
+    [release] = await rows(ctx, stock_logs, stock_logs.c.change_type == "RELEASE")
+    assert release["dispense_id"] == command["commandId"]
+    [refund] = view["refunds"]
+    assert (refund["amount"], refund["status"], refund["refund_key"]) == (
+        COCA_COLA,
+        "PENDING",
+        f"refund-{command['commandId']}",
+    )
+    assert refund["dispense_id"] == command["commandId"]
+
+
+async def test_seed_style_result_without_command_id_matches_the_unit_in_flight(
+    stocked: ServiceContext,
+) -> None:
+    ctx = stocked
+    order_id = await paid_order(ctx)
+    [command] = await commands(ctx)
+    assert await apply(ctx, orderId=order_id, slot=1) == "APPLIED"
+    assert await order_status(ctx, order_id) == "COMPLETED"
+    assert (await slot_row(ctx, 1))["current_stock"] == 4
+    [ack] = await outbox_rows(ctx, "ack")
+    assert ack["body"]["commandId"] == command["commandId"]
+    # Nothing is in flight any more, so a repeat matches nothing and changes nothing.
+    assert await apply(ctx, orderId=order_id, slot=1) == "UNKNOWN"
+    assert (await slot_row(ctx, 1))["current_stock"] == 4
+
+
+async def test_seed_style_result_for_the_wrong_slot_matches_nothing(
+    stocked: ServiceContext,
+) -> None:
+    ctx = stocked
+    order_id = await paid_order(ctx)
+    assert await apply(ctx, orderId=order_id, slot=2) == "UNKNOWN"
+    assert await order_status(ctx, order_id) == "DISPENSING"
+    assert (await slot_row(ctx, 1))["current_stock"] == 5
+
+
+async def test_result_for_unknown_command_is_alerted_and_changes_nothing_else(
+    stocked: ServiceContext,
+) -> None:
+    ctx = stocked
+    order_id = await paid_order(ctx)
+    before = await rows(ctx, dispenses)
+    outcome = await apply(ctx, commandId="01JD3Q8W7Z0000000000000000", orderId=order_id, slot=1)
+    assert outcome == "UNKNOWN"
+    [alert] = await rows(ctx, machine_events)
+    assert (alert["machine_id"], alert["event_type"]) == ("VM01", "UNKNOWN_RESULT")
+    assert await rows(ctx, dispenses) == before
+    assert await outbox_rows(ctx, "ack") == []
+    assert (await slot_row(ctx, 1))["current_stock"] == 5
+    assert await order_status(ctx, order_id) == "DISPENSING"
+    [audit] = await rows(ctx, dispense_results)
+    assert audit["outcome"] == "UNKNOWN"
+
+
+async def test_result_from_another_machine_for_a_real_command_is_unknown(
+    stocked: ServiceContext,
+) -> None:
+    ctx = stocked
+    await quick_shop(ctx, stock=5, machine_id="VM02")
+    order_id = await paid_order(ctx)
+    [command] = await commands(ctx)
+    fields = {"commandId": command["commandId"], "orderId": order_id, "slot": 1}
+    assert await apply(ctx, machine_id="VM02", **fields) == "UNKNOWN"
+    [alert] = await rows(ctx, machine_events)
+    assert alert["machine_id"] == "VM02"
+    assert await outbox_rows(ctx, "ack") == []
+    assert await order_status(ctx, order_id) == "DISPENSING"
+    assert (await slot_row(ctx, 1))["current_stock"] == 5
+    # The real machine's result still applies afterwards.
+    assert await apply(ctx, **fields) == "APPLIED"
+
+
+async def test_result_whose_order_does_not_match_its_command_is_unknown(
+    stocked: ServiceContext,
+) -> None:
+    ctx = stocked
+    order_id = await paid_order(ctx)
+    [command] = await commands(ctx)
+    outcome = await apply(ctx, commandId=command["commandId"], orderId="ORD-OTHER", slot=1)
+    assert outcome == "UNKNOWN"
+    assert await order_status(ctx, order_id) == "DISPENSING"
+
+
+async def test_quantity_two_sends_one_command_at_a_time_and_completes_after_both(
+    stocked: ServiceContext,
+) -> None:
+    ctx = stocked
+    order_id = await paid_order(ctx, slot=1, quantity=2)
+    [first] = await commands(ctx)
+    assert await order_status(ctx, order_id) == "DISPENSING"
+    assert await report(ctx, first) == "APPLIED"
+    assert await order_status(ctx, order_id) == "DISPENSING"
+    first_again, second = await commands(ctx)
+    assert first_again == first and second["commandId"] != first["commandId"]
+    assert await report(ctx, second) == "APPLIED"
+    assert await order_status(ctx, order_id) == "COMPLETED"
+    assert len(await commands(ctx)) == 2
+    slot = await slot_row(ctx, 1)
+    assert (slot["current_stock"], slot["reserved"]) == (3, 0)
+
+
+async def test_two_line_order_dispenses_serially_and_refunds_only_the_failed_unit(
+    stocked: ServiceContext,
+) -> None:
+    ctx = stocked
+    lines = [OrderLine(slot_number=1), OrderLine(slot_number=2)]
+    order_id = await checkout(
+        ctx, sandbox(), "VM01", lines, customer_phone=None, payment_method=None
+    )
+    assert await pay(ctx, order_id, COCA_COLA + AQUA) == "paid"
+    [first] = await commands(ctx)
+    assert first["slot"] == 1
+    assert await report(ctx, first) == "APPLIED"
+    _, second = await commands(ctx)
+    assert second["slot"] == 2
+    assert await report(ctx, second, dropped=False, error="JAM") == "APPLIED"
+    view = await get_order(ctx, order_id)
+    assert view["status"] == "FAILED"
+    [refund] = view["refunds"]
+    assert (refund["dispense_id"], refund["amount"]) == (second["commandId"], AQUA)
+    one, two = await slot_row(ctx, 1), await slot_row(ctx, 2)
+    assert (one["current_stock"], one["reserved"]) == (4, 0)
+    assert (two["current_stock"], two["reserved"]) == (5, 0)
+
+
+async def test_second_order_on_the_same_machine_waits_for_the_first_result(
+    stocked: ServiceContext,
+) -> None:
+    ctx = stocked
+    first_order = await paid_order(ctx, slot=1)
+    second_order = await paid_order(ctx, slot=1)
+    [first] = await commands(ctx)
+    assert first["orderId"] == first_order
+    assert await report(ctx, first, dropped=False, error="MOTOR_TIMEOUT") == "APPLIED"
+    _, second = await commands(ctx)
+    assert second["orderId"] == second_order
+    assert await order_status(ctx, first_order) == "FAILED"
+    assert await order_status(ctx, second_order) == "DISPENSING"
+
+
+async def test_result_arriving_after_give_up_is_recorded_and_alerted_not_applied(
+    stocked: ServiceContext, clock: Any
+) -> None:
+    from vendhub.services import commands as command_service
+
+    ctx = stocked
+    order_id = await paid_order(ctx)
+    [command] = await commands(ctx)
+    clock.advance(ctx.tunables.command_ttl_s + 10)
+    assert await command_service.give_up_due(ctx) == 1
+    assert await report(ctx, command) == "LATE"
+    assert await order_status(ctx, order_id) == "FAILED"
+    assert (await slot_row(ctx, 1))["current_stock"] == 5
+    [alert] = await rows(ctx, machine_events)
+    assert (alert["event_type"], alert["severity"]) == ("LATE_RESULT", "critical")
+    assert await count(ctx, refunds) == 1
