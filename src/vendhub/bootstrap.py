@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from vendhub.adapters.db.engine import create_engine
 from vendhub.adapters.mqtt.client import MqttClient, MqttConfig
 from vendhub.adapters.mqtt.embedded import EmbeddedBroker
+from vendhub.adapters.payments.midtrans import MidtransConfig, MidtransProvider
 from vendhub.adapters.payments.sandbox import SandboxProvider
 from vendhub.config import Settings
 from vendhub.metrics import Metrics
@@ -20,6 +21,7 @@ from vendhub.services import auth, commands
 from vendhub.services.context import ServiceContext, Tunables
 from vendhub.services.ports import PaymentProvider
 from vendhub.workers.intake import Intake
+from vendhub.workers.payment_jobs import run_payment_jobs
 from vendhub.workers.publisher import OutboxPublisher
 from vendhub.workers.timers import run_timers
 
@@ -33,6 +35,7 @@ def tunables_from(settings: Settings) -> Tunables:
         result_grace_ms=settings.result_grace_ms,
         dispense_max_attempts=settings.dispense_max_attempts,
         command_ttl_s=settings.command_ttl_s,
+        queue_ttl_s=settings.dispense_queue_ttl_s,
         order_ttl_s=settings.order_ttl_s,
         default_machine_id=settings.machine_id,
     )
@@ -41,8 +44,14 @@ def tunables_from(settings: Settings) -> Tunables:
 def build_payment_provider(settings: Settings) -> PaymentProvider:
     if settings.payment_provider == "sandbox":
         return SandboxProvider(settings.payment_server_key, settings.base_url())
-    raise NotImplementedError(
-        "PAYMENT_PROVIDER=midtrans is not available yet (see the payments issue); use sandbox"
+    return MidtransProvider(
+        MidtransConfig.for_environment(
+            settings.midtrans_server_key,
+            production=settings.midtrans_is_production,
+            api_base_url=settings.midtrans_api_base_url,
+            snap_base_url=settings.midtrans_snap_base_url,
+            read_timeout_s=settings.midtrans_timeout_s,
+        )
     )
 
 
@@ -94,6 +103,7 @@ class Container:
             asyncio.create_task(self.mqtt.run(), name="mqtt"),
             asyncio.create_task(self.publisher.run(), name="outbox"),
             asyncio.create_task(run_timers(self.ctx, self.metrics), name="timers"),
+            asyncio.create_task(run_payment_jobs(self.ctx, self.payments, self.settings)),
         ]
 
     async def stop(self) -> None:
@@ -139,6 +149,7 @@ def build(settings: Settings) -> Container:
     )
     ctx.wake_outbox = publisher.wake
     ctx.mqtt_connected = container.mqtt_connected
+    ctx.unit_settled = metrics.unit_settled
 
     metrics.mqtt_connected.set_function(lambda: float(mqtt.connected))
 

@@ -67,13 +67,21 @@ class Settings(BaseSettings):
     midtrans_is_production: bool = False
     midtrans_api_base_url: str | None = None
     midtrans_snap_base_url: str | None = None
+    midtrans_timeout_s: float = Field(default=15.0, gt=0)
     order_ttl_s: int = Field(default=15 * 60, ge=60)
+    reconcile_after_s: int = Field(default=120, ge=0)
+    reconcile_every_s: int = Field(default=60, ge=1)
+    refund_max_attempts: int = Field(default=5, ge=1)
+    refund_backoff_s: int = Field(default=30, ge=1)
+    refund_backoff_max_s: int = Field(default=3600, ge=1)
+    payment_jobs_tick_s: float = Field(default=5.0, gt=0)
 
     # Protocol timeouts (protocol.md)
     motor_margin_ms: int = 650
     result_grace_ms: int = 5000
     dispense_max_attempts: int = Field(default=3, ge=1)
     command_ttl_s: int = Field(default=120, ge=5)
+    dispense_queue_ttl_s: int = Field(default=600, ge=10)
     default_telemetry_interval_s: int = 60
 
     debug_endpoints: bool | None = None

@@ -44,9 +44,26 @@ class Metrics:
         self.queue_depth = Gauge(
             "vendhub_queue_depth", "Items waiting in in-process queues", ["queue"], registry=r
         )
+        self.units = Counter(
+            "vendhub_units_settled_total", "Dispense units settled", ["outcome"], registry=r
+        )
+        self.commands_by_state = Gauge(
+            "vendhub_commands", "Dispense units by state (at scrape)", ["state"], registry=r
+        )
+        self.orders_by_status = Gauge(
+            "vendhub_orders", "Orders by status (at scrape)", ["status"], registry=r
+        )
+        self.outbox_pending = Gauge(
+            "vendhub_outbox_pending", "Outbox rows not yet published", registry=r
+        )
         self.dispense_latency = Histogram(
             "vendhub_dispense_latency_seconds",
             "Command first sent → result applied",
             buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60),
             registry=r,
         )
+
+    def unit_settled(self, dropped: bool, latency_s: float | None) -> None:
+        self.units.labels("dropped" if dropped else "failed").inc()
+        if latency_s is not None:
+            self.dispense_latency.observe(latency_s)

@@ -305,7 +305,11 @@ async def test_trigger_dispatches_a_queued_unit_nothing_else_would_send(
     async with ctx.engine.begin() as conn:
         await conn.execute(sa.delete(outbox))
         await conn.execute(
-            sa.update(dispenses).values(status="QUEUED", inflight_machine=None, expires_at=None)
+            sa.update(dispenses).values(
+                status="QUEUED",
+                inflight_machine=None,
+                expires_at=ctx.clock() + timedelta(minutes=5),  # its queue deadline
+            )
         )
     assert await dispatch.trigger(ctx, order_id) == "DISPENSING"
     [command] = await outbox_rows(ctx, "dispense")

@@ -196,58 +196,72 @@ async def retransmit_due(ctx: ServiceContext, limit: int = 200) -> int:
 
 
 async def give_up_due(ctx: ServiceContext, limit: int = 100) -> int:
-    """Past expiresAt + timeoutMs + grace no device can still dispense it: fail, owe refund."""
+    """Fail units no device can still dispense, each owed a refund:
+    in flight past expiresAt + timeoutMs + grace (NO_RESULT, or EXPIRED if never sent), or
+    still queued past their queue deadline (EXPIRED: the machine never became free)."""
     now = ctx.clock()
     grace = timedelta(milliseconds=ctx.tunables.result_grace_ms)
     async with ctx.engine.connect() as conn:
         candidates = (
             await conn.execute(
-                sa.select(dispenses.c.id, dispenses.c.expires_at, dispenses.c.timeout_ms)
-                .where(
-                    dispenses.c.status == UnitStatus.IN_FLIGHT.value,
-                    dispenses.c.expires_at < now - grace,
+                sa.select(
+                    dispenses.c.id,
+                    dispenses.c.status,
+                    dispenses.c.expires_at,
+                    dispenses.c.timeout_ms,
                 )
+                .where(
+                    dispenses.c.status.in_([UnitStatus.IN_FLIGHT.value, UnitStatus.QUEUED.value]),
+                    dispenses.c.expires_at < now,
+                )
+                .order_by(dispenses.c.expires_at)
                 .limit(limit)
             )
         ).all()
     given_up = 0
     for c in candidates:
-        if c.expires_at + timedelta(milliseconds=c.timeout_ms) + grace >= now:
+        in_flight = c.status == UnitStatus.IN_FLIGHT.value
+        if in_flight and c.expires_at + timedelta(milliseconds=c.timeout_ms) + grace >= now:
             continue
-        async with ctx.engine.begin() as conn:
-            unit = (
-                (
-                    await conn.execute(
-                        sa.select(dispenses).where(dispenses.c.id == c.id).with_for_update()
-                    )
-                )
-                .mappings()
-                .first()
-            )
-            if unit is None or unit["status"] != UnitStatus.IN_FLIGHT.value:
-                continue
-            error = "NO_RESULT" if unit["attempts"] > 0 else "EXPIRED"
-            await settle_unit(
-                ctx,
-                conn,
-                unit,
-                dropped=False,
-                success=None,
-                drop_detected=None,
-                duration_ms=None,
-                error=error,
-            )
-            log.warning(
-                "gave up command=%s machine=%s order=%s error=%s",
-                unit["id"],
-                unit["machine_id"],
-                unit["order_id"],
-                error,
-            )
-            given_up += 1
+        given_up += await _give_up(ctx, c.id, c.status)
     if given_up:
         ctx.wake_outbox()
     return given_up
+
+
+async def _give_up(ctx: ServiceContext, unit_id: str, expected_status: str) -> int:
+    async with ctx.engine.begin() as conn:
+        unit = (
+            (
+                await conn.execute(
+                    sa.select(dispenses).where(dispenses.c.id == unit_id).with_for_update()
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if unit is None or unit["status"] != expected_status:
+            return 0
+        error = "NO_RESULT" if unit["attempts"] > 0 else "EXPIRED"
+        await settle_unit(
+            ctx,
+            conn,
+            unit,
+            dropped=False,
+            success=None,
+            drop_detected=None,
+            duration_ms=None,
+            error=error,
+        )
+    log.warning(
+        "gave up command=%s machine=%s order=%s status=%s error=%s",
+        unit["id"],
+        unit["machine_id"],
+        unit["order_id"],
+        expected_status,
+        error,
+    )
+    return 1
 
 
 async def resume_idle_machines(ctx: ServiceContext) -> int:

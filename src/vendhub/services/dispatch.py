@@ -26,6 +26,9 @@ from vendhub.services.outbox import enqueue
 
 log = logging.getLogger(__name__)
 
+# Machines in these states get no new commands; UNKNOWN (never heard from) still does.
+UNREACHABLE = frozenset({"OFFLINE", "MAINTENANCE"})
+
 
 async def set_order_status(
     conn: AsyncConnection, order: RowMapping, new: OrderStatus, now: datetime, **values: object
@@ -87,23 +90,34 @@ async def create_units(
             "unit_price": item["unit_price"],
             "status": UnitStatus.QUEUED.value,
             "timeout_ms": item["motor_duration_ms"] + ctx.tunables.motor_margin_ms,
+            # While queued, expires_at is the latest time the unit may still be sent.
+            "expires_at": now + timedelta(seconds=ctx.tunables.queue_ttl_s),
             "created_at": now,
         }
         for item in items
         for _ in range(item["quantity"])
     ]
     await conn.execute(sa.insert(dispenses), rows)
-    target = OrderStatus.DISPENSING if ctx.mqtt_connected() else OrderStatus.PENDING_DISPENSE
+    reachable = ctx.mqtt_connected() and await _machine_reachable(conn, machine_id)
+    target = OrderStatus.DISPENSING if reachable else OrderStatus.PENDING_DISPENSE
     await move_order(conn, order_id, OrderStatus.PAID, target, now)
     await dispatch_next(ctx, conn, machine_id)
 
 
+async def _machine_reachable(conn: AsyncConnection, machine_id: str) -> bool:
+    status = await conn.scalar(sa.select(machines.c.status).where(machines.c.id == machine_id))
+    return status not in UNREACHABLE
+
+
 async def dispatch_next(ctx: ServiceContext, conn: AsyncConnection, machine_id: str) -> bool:
-    """Put the oldest queued unit of this machine in flight, unless one already is."""
+    """Put the oldest queued unit of this machine in flight, unless one already is or the
+    machine is known to be offline (then it waits; a status ONLINE dispatches it)."""
     # Serialises dispatchers of one machine (a no-op on SQLite, which serialises writers).
-    await conn.execute(
-        sa.select(machines.c.id).where(machines.c.id == machine_id).with_for_update()
+    status = await conn.scalar(
+        sa.select(machines.c.status).where(machines.c.id == machine_id).with_for_update()
     )
+    if status in UNREACHABLE:
+        return False
     busy = await conn.scalar(
         sa.select(dispenses.c.id).where(dispenses.c.inflight_machine == machine_id)
     )
@@ -116,6 +130,8 @@ async def dispatch_next(ctx: ServiceContext, conn: AsyncConnection, machine_id: 
                 .where(
                     dispenses.c.machine_id == machine_id,
                     dispenses.c.status == UnitStatus.QUEUED.value,
+                    # Past its queue deadline a unit is refunded (give_up_due), never sent.
+                    dispenses.c.expires_at > ctx.clock(),
                 )
                 .order_by(dispenses.c.id)
                 .limit(1)
@@ -178,6 +194,8 @@ async def settle_unit(
     )
     if changed.rowcount != 1:
         raise RuntimeError(f"dispense {unit['id']} changed under a lock")
+    sent_at = unit["command_sent_at"]
+    ctx.unit_settled(dropped, (now - sent_at).total_seconds() if sent_at else None)
     if dropped:
         await stock.consume_reserved_unit(
             conn, unit["slot_id"], now, order_id=unit["order_id"], dispense_id=unit["id"]

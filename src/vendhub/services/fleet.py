@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from vendhub.adapters.db.tables import machine_events, machines, slots, telemetry
 from vendhub.protocol.messages import StatusMessage, SyncCommand, Telemetry
 from vendhub.services.context import ServiceContext
+from vendhub.services.dispatch import dispatch_next
 from vendhub.services.outbox import enqueue
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,50 @@ async def apply_status(ctx: ServiceContext, machine_id: str, message: StatusMess
         sync = message.status.value == "ONLINE" and (changed or rebooted)
         if sync:
             await enqueue(conn, ctx.tunables.topic_prefix, machine_id, SyncCommand(), now)
+        if message.status.value == "ONLINE":
+            # Units that waited for this machine go out now (no-op if one is in flight).
+            sync = await dispatch_next(ctx, conn, machine_id) or sync
     if sync:
         ctx.wake_outbox()
     return sync
+
+
+async def mark_silent_machines_offline(ctx: ServiceContext) -> list[str]:
+    """ONLINE machines not heard from for `presence_intervals` telemetry intervals → OFFLINE."""
+    now = ctx.clock()
+    async with ctx.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(
+                    machines.c.id, machines.c.last_seen_at, machines.c.telemetry_interval_s
+                ).where(machines.c.status == "ONLINE", machines.c.last_seen_at.is_not(None))
+            )
+        ).all()
+    silent = [
+        r.id
+        for r in rows
+        if r.last_seen_at
+        < now - timedelta(seconds=r.telemetry_interval_s * ctx.tunables.presence_intervals)
+    ]
+    for machine_id in silent:
+        async with ctx.engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(machines)
+                .where(machines.c.id == machine_id, machines.c.status == "ONLINE")
+                .values(status="OFFLINE", updated_at=now)
+            )
+            if result.rowcount != 1:
+                continue
+            await conn.execute(
+                sa.insert(machine_events).values(
+                    machine_id=machine_id,
+                    event_type="STATUS",
+                    status="OFFLINE",
+                    severity="warning",
+                    created_at=now,
+                    message=f"machine {machine_id} is OFFLINE (silent for "
+                    f"{ctx.tunables.presence_intervals} telemetry intervals)",
+                )
+            )
+        log.warning("machine %s marked OFFLINE: nothing heard since its last heartbeat", machine_id)
+    return silent

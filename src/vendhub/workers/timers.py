@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from vendhub.metrics import Metrics
-from vendhub.services import commands, orders
+from vendhub.services import commands, fleet, orders
 from vendhub.services.context import ServiceContext
 
 log = logging.getLogger(__name__)
@@ -29,3 +29,4 @@ async def tick(ctx: ServiceContext, metrics: Metrics) -> None:
         log.info("order %s expired unpaid; stock released", order_id)
     metrics.retransmissions.inc(await commands.retransmit_due(ctx))
     metrics.gave_up.inc(await commands.give_up_due(ctx))
+    await fleet.mark_silent_machines_offline(ctx)

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from vendhub.domain.model import OrderStatus, UnitStatus
 from vendhub.entrypoints.api.deps import ContainerDep
+from vendhub.services import stats
 
 router = APIRouter(tags=["health"])
 
@@ -34,5 +36,13 @@ async def ready(container: ContainerDep) -> JSONResponse:
 
 @router.get("/metrics")
 async def metrics(container: ContainerDep) -> Response:
-    container.metrics.queue_depth.labels("events").set(container.intake.events.qsize())
+    m = container.metrics
+    m.queue_depth.labels("events").set(container.intake.events.qsize())
+    m.queue_depth.labels("telemetry").set(container.intake.telemetry.qsize())
+    counts = await stats.snapshot(container.ctx)
+    for state in UnitStatus:
+        m.commands_by_state.labels(state.value).set(counts["units"].get(state.value, 0))
+    for status in OrderStatus:
+        m.orders_by_status.labels(status.value).set(counts["orders"].get(status.value, 0))
+    m.outbox_pending.set(counts["outbox"]["pending"])
     return Response(generate_latest(container.metrics.registry), media_type=CONTENT_TYPE_LATEST)

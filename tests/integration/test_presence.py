@@ -1,0 +1,101 @@
+"""Presence: commands wait for offline machines, go out when they return, or are refunded."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import FakeClock
+from tests.integration.helpers import (
+    order,
+    order_status,
+    outbox_rows,
+    pay,
+    quick_shop,
+    rows,
+    slot_row,
+)
+from vendhub.adapters.db.tables import dispenses, machine_events, machines, refunds
+from vendhub.protocol.messages import StatusMessage
+from vendhub.services import commands, fleet
+from vendhub.services.context import ServiceContext
+
+pytestmark = pytest.mark.integration
+
+
+async def _set_status(ctx: ServiceContext, status: str) -> None:
+    async with ctx.engine.begin() as conn:
+        await conn.execute(
+            sa.update(machines)
+            .where(machines.c.id == "VM01")
+            .values(status=status, last_seen_at=ctx.clock())
+        )
+
+
+async def test_an_order_paid_for_an_offline_machine_waits_and_goes_out_when_it_returns(
+    ctx: ServiceContext,
+) -> None:
+    await quick_shop(ctx)
+    await _set_status(ctx, "OFFLINE")
+    order_id = await order(ctx, slot=1)
+    assert await pay(ctx, order_id, 8000) == "paid"
+    assert await order_status(ctx, order_id) == "PENDING_DISPENSE"
+    assert await outbox_rows(ctx, "dispense") == []
+
+    online = StatusMessage.model_validate({"status": "ONLINE", "bootId": "b1"})
+    assert await fleet.apply_status(ctx, "VM01", online)
+    [command] = await outbox_rows(ctx, "dispense")
+    assert command["body"]["orderId"] == order_id
+    assert [r["body"] for r in await outbox_rows(ctx, "sync")] == [{"cmd": "sync"}]
+
+
+async def test_a_machine_in_maintenance_gets_no_commands(ctx: ServiceContext) -> None:
+    await quick_shop(ctx)
+    await _set_status(ctx, "MAINTENANCE")
+    order_id = await order(ctx, slot=1)
+    await pay(ctx, order_id, 8000)
+    assert await outbox_rows(ctx, "dispense") == []
+    assert await order_status(ctx, order_id) == "PENDING_DISPENSE"
+
+
+async def test_a_unit_that_waits_past_its_queue_deadline_is_failed_and_owed_a_refund(
+    ctx: ServiceContext, clock: FakeClock
+) -> None:
+    await quick_shop(ctx, stock=3)
+    await _set_status(ctx, "OFFLINE")
+    order_id = await order(ctx, slot=1)
+    await pay(ctx, order_id, 8000)
+    clock.advance(ctx.tunables.queue_ttl_s - 1)
+    assert await commands.give_up_due(ctx) == 0
+    clock.advance(2)
+    assert await commands.give_up_due(ctx) == 1
+
+    [unit] = await rows(ctx, dispenses)
+    assert (unit["status"], unit["error_message"], unit["attempts"]) == ("FAILED", "EXPIRED", 0)
+    [refund] = await rows(ctx, refunds)
+    assert (refund["amount"], refund["refund_key"]) == (8000, f"refund-{unit['id']}")
+    assert await order_status(ctx, order_id) == "FAILED"
+    slot = await slot_row(ctx, 1)
+    assert (slot["current_stock"], slot["reserved"]) == (3, 0)
+    # Coming back later sends nothing for the refunded unit.
+    await fleet.apply_status(ctx, "VM01", StatusMessage.model_validate({"status": "ONLINE"}))
+    assert await outbox_rows(ctx, "dispense") == []
+
+
+async def test_a_machine_silent_for_three_telemetry_intervals_is_marked_offline(
+    ctx: ServiceContext, clock: FakeClock
+) -> None:
+    await quick_shop(ctx)
+    await _set_status(ctx, "ONLINE")
+    interval = 60  # the machines table default
+    clock.advance(3 * interval - 1)
+    assert await fleet.mark_silent_machines_offline(ctx) == []
+    clock.advance(2)
+    assert await fleet.mark_silent_machines_offline(ctx) == ["VM01"]
+    [machine] = await rows(ctx, machines)
+    assert machine["status"] == "OFFLINE"
+    [event] = await rows(ctx, machine_events)
+    assert (event["event_type"], event["status"]) == ("STATUS", "OFFLINE")
+    # Already offline: nothing more is recorded.
+    clock.advance(600)
+    assert await fleet.mark_silent_machines_offline(ctx) == []
