@@ -130,6 +130,8 @@ class Sim:
     workdir: Path
     faults: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    port: int = MQTT_PORT
+    seed: int | None = None
 
     def start(self) -> None:
         args = [
@@ -139,7 +141,7 @@ class Sim:
             "--host",
             MQTT_HOST,
             "--port",
-            str(MQTT_PORT),
+            str(self.port),
             "--prefix",
             self.prefix,
             "--ids",
@@ -153,6 +155,8 @@ class Sim:
         ]
         for fault in self.faults:
             args += ["--fault", fault]
+        if self.seed is not None:
+            args += ["--seed", str(self.seed)]
         log = self.workdir / f"sim-{'-'.join(self.machine_ids)}.log"
         with log.open("ab") as out:
             self.process = subprocess.Popen(

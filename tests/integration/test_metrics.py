@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.integration.helpers import api_client, order, outbox_rows, pay, quick_shop, report
 from vendhub.services import commands
@@ -21,7 +22,7 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 async def test_metrics_count_orders_commands_and_dispense_latency(
-    database_urls: dict[str, str], backend: str
+    engine: AsyncEngine, database_urls: dict[str, str], backend: str
 ) -> None:
     async with api_client(database_urls[backend]) as (client, container):
         ctx = container.ctx

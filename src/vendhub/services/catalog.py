@@ -145,7 +145,9 @@ async def push_config(ctx: ServiceContext, machine_id: str) -> MachineConfig:
         machine = (
             (
                 await conn.execute(
-                    sa.select(machines).where(machines.c.id == machine_id).with_for_update()
+                    sa.select(machines)
+                    .where(machines.c.id == machine_id)
+                    .with_for_update(key_share=True)
                 )
             )
             .mappings()

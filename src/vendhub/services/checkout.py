@@ -79,6 +79,8 @@ async def _attach_payment(ctx: ServiceContext, provider: PaymentProvider, order_
                 redirect_url=instructions.redirect_url,
                 qr_string=instructions.qr_string,
                 transaction_id=instructions.transaction_id,
+                qr_url=instructions.qr_url,
+                gateway_expires_at=instructions.expires_at,
                 updated_at=ctx.clock(),
             )
         )

@@ -156,7 +156,7 @@ async def retransmit_due(ctx: ServiceContext, limit: int = 200) -> int:
                     )
                     .order_by(dispenses.c.next_attempt_at)
                     .limit(limit)
-                    .with_for_update()
+                    .with_for_update(key_share=True)
                 )
             )
             .mappings()
@@ -234,7 +234,9 @@ async def _give_up(ctx: ServiceContext, unit_id: str, expected_status: str) -> i
         unit = (
             (
                 await conn.execute(
-                    sa.select(dispenses).where(dispenses.c.id == unit_id).with_for_update()
+                    sa.select(dispenses)
+                    .where(dispenses.c.id == unit_id)
+                    .with_for_update(key_share=True)
                 )
             )
             .mappings()

@@ -58,7 +58,7 @@ async def move_order(
 
 
 async def lock_order(conn: AsyncConnection, order_id: str) -> RowMapping | None:
-    stmt = sa.select(orders).where(orders.c.id == order_id).with_for_update()
+    stmt = sa.select(orders).where(orders.c.id == order_id).with_for_update(key_share=True)
     return (await conn.execute(stmt)).mappings().first()
 
 
@@ -114,7 +114,9 @@ async def dispatch_next(ctx: ServiceContext, conn: AsyncConnection, machine_id: 
     machine is known to be offline (then it waits; a status ONLINE dispatches it)."""
     # Serialises dispatchers of one machine (a no-op on SQLite, which serialises writers).
     status = await conn.scalar(
-        sa.select(machines.c.status).where(machines.c.id == machine_id).with_for_update()
+        sa.select(machines.c.status)
+        .where(machines.c.id == machine_id)
+        .with_for_update(key_share=True)
     )
     if status in UNREACHABLE:
         return False

@@ -91,7 +91,9 @@ async def apply_status(ctx: ServiceContext, machine_id: str, message: StatusMess
         machine = (
             (
                 await conn.execute(
-                    sa.select(machines).where(machines.c.id == machine_id).with_for_update()
+                    sa.select(machines)
+                    .where(machines.c.id == machine_id)
+                    .with_for_update(key_share=True)
                 )
             )
             .mappings()

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from vendhub.adapters.db.tables import payment_notifications, payments, refunds
 from vendhub.domain.model import OrderStatus
 from vendhub.domain.payments import PaymentStatus
+from vendhub.services import refunds as refunds_service
 from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import create_units, lock_order, set_order_status
 from vendhub.services.errors import InvalidRequest, NotFound
@@ -33,13 +34,18 @@ class Outcome(StrEnum):
     LATE_PAYMENT = "late_payment"
     RECORDED = "recorded"
     DUPLICATE = "duplicate"
+    REFUND_CONFIRMED = "refund_confirmed"
 
 
 async def receive_notification(
     ctx: ServiceContext, provider: PaymentProvider, headers: Mapping[str, str], body: bytes
 ) -> Outcome:
     """Verify (raises InvalidNotification), store durably, apply; duplicates change nothing."""
-    note = provider.verify_notification(headers, body)
+    return await apply_notification(ctx, provider.verify_notification(headers, body))
+
+
+async def apply_notification(ctx: ServiceContext, note: Notification) -> Outcome:
+    """The one path for a verified notification, from the webhook or from a status query."""
     try:
         outcome = await _store_and_apply(ctx, note)
     except IntegrityError:
@@ -50,9 +56,10 @@ async def receive_notification(
         )
         return Outcome.DUPLICATE
     log.info(
-        "notification order=%s status=%s outcome=%s",
+        "notification order=%s status=%s source=%s outcome=%s",
         note.order_id,
         note.transaction_status,
+        note.source,
         outcome.value,
     )
     ctx.wake_outbox()
@@ -79,8 +86,9 @@ async def _store_and_apply(ctx: ServiceContext, note: Notification) -> Outcome:
         inserted = await conn.execute(
             sa.insert(payment_notifications).values(
                 order_id=note.order_id,
-                transaction_id=note.transaction_id,
+                transaction_id=note.dedup_id,
                 transaction_status=note.transaction_status,
+                source=note.source,
                 fraud_status=note.fraud_status,
                 status_code=note.status_code,
                 gross_amount=note.gross_amount,
@@ -107,8 +115,8 @@ async def _apply(
         if status is OrderStatus.PENDING:
             await _mark_paid(ctx, conn, order, note)
             return Outcome.PAID
-        if status in (OrderStatus.EXPIRED, OrderStatus.CANCELLED):
-            await _owe_late_payment_refund(ctx, conn, order, note)
+        closed = status in (OrderStatus.EXPIRED, OrderStatus.CANCELLED)
+        if closed and await _owe_late_payment_refund(ctx, conn, order, note):
             return Outcome.LATE_PAYMENT
         return Outcome.ALREADY_PAID
     if note.status in (PaymentStatus.FAILED, PaymentStatus.EXPIRED):
@@ -126,6 +134,12 @@ async def _apply(
             )
         )
         return Outcome.PENDING
+    if note.status is PaymentStatus.REFUNDED:
+        # Usually the echo of a refund we made; it also settles one whose answer we lost.
+        confirmed = await refunds_service.confirm_by_keys(
+            ctx, conn, order["id"], note.refund_keys, note.transaction_id
+        )
+        return Outcome.REFUND_CONFIRMED if confirmed else Outcome.RECORDED
     return Outcome.RECORDED
 
 
@@ -150,16 +164,31 @@ async def _mark_paid(
 
 async def _owe_late_payment_refund(
     ctx: ServiceContext, conn: AsyncConnection, order: RowMapping, note: Notification
-) -> None:
-    """Money arrived for an order we already closed: never lose it, owe it back."""
+) -> bool:
+    """Money arrived for an order we already closed: never lose it, owe it back (once)."""
+    key = f"late-{order['id']}"
+    if await conn.scalar(sa.select(refunds.c.id).where(refunds.c.refund_key == key)):
+        return False  # the same payment told again by another route (webhook vs status)
     now = ctx.clock()
     log.warning("late payment order=%s status=%s: refund owed", order["id"], order["status"])
+    # The money is in: the ledger shows it paid (the order stays closed) and owed back.
+    await conn.execute(
+        sa.update(payments)
+        .where(payments.c.order_id == order["id"])
+        .values(
+            status=PaymentStatus.PAID.value,
+            transaction_id=note.transaction_id,
+            payment_type=note.payment_type,
+            paid_at=now,
+            updated_at=now,
+        )
+    )
     await conn.execute(
         sa.insert(refunds).values(
             id=new_id(),
             order_id=order["id"],
             dispense_id=None,
-            refund_key=f"late-{order['id']}",
+            refund_key=key,
             amount=order["total_amount"],
             status="PENDING",
             reason="LATE_PAYMENT",
@@ -168,3 +197,4 @@ async def _owe_late_payment_refund(
             next_attempt_at=now,
         )
     )
+    return True

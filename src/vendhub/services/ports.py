@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from vendhub.domain.payments import PaymentStatus
@@ -16,9 +17,12 @@ class InvalidNotification(ValueError):
 class GatewayError(RuntimeError):
     """The gateway refused or could not be reached; `retryable` says whether to try again."""
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool = True, status_code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.status_code = status_code  # the gateway's own code ("412", "404"), when it gave one
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,21 @@ class Notification:
     fraud_status: str | None = None
     payment_type: str | None = None
     raw: str = ""
+    # Refund notifications: the cumulative amount refunded and the refund_keys they confirm.
+    refund_amount: int | None = None
+    refund_keys: tuple[str, ...] = ()
+    source: str = "webhook"  # or "status" (reconciliation asked the gateway)
+
+    @property
+    def dedup_id(self) -> str:
+        """What makes this notification distinct beyond (order, transaction, status).
+
+        Each partial refund is a new event with the same transaction and status, told apart
+        only by the cumulative refunded amount.
+        """
+        if self.refund_amount is not None:
+            return f"{self.transaction_id}#refund-{self.refund_amount}"
+        return self.transaction_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +81,24 @@ class PaymentInstructions:
     redirect_url: str | None = None
     qr_string: str | None = None
     transaction_id: str | None = None
+    qr_url: str | None = None
+    expires_at: datetime | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRequest:
+    order_id: str
+    refund_key: str  # deterministic per owed refund: the gateway refunds a key at most once
+    amount: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    refund_key: str
+    amount: int
+    provider_ref: str | None = None
 
 
 class PaymentProvider(Protocol):
@@ -72,4 +108,16 @@ class PaymentProvider(Protocol):
 
     def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification: ...
 
-    async def cancel(self, order_id: str) -> None: ...
+    async def fetch_status(self, order_id: str) -> Notification | None:
+        """The gateway's current view; None when it knows no transaction for the order yet."""
+        ...
+
+    async def cancel(self, order_id: str) -> None:
+        """Close an unpaid transaction the customer abandoned (GatewayError on refusal)."""
+        ...
+
+    async def expire(self, order_id: str) -> None:
+        """Close an unpaid transaction whose time ran out (GatewayError on refusal)."""
+        ...
+
+    async def refund(self, request: RefundRequest) -> RefundResult: ...

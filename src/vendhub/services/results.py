@@ -76,7 +76,7 @@ async def _find_unit(
             dispenses.c.slot_number == result.slot,
             dispenses.c.status == UnitStatus.IN_FLIGHT.value,
         )
-    return (await conn.execute(stmt.with_for_update())).mappings().first()
+    return (await conn.execute(stmt.with_for_update(key_share=True))).mappings().first()
 
 
 async def _apply(

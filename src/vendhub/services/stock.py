@@ -25,7 +25,11 @@ class ChangeType(StrEnum):
 
 async def lock_slot(conn: AsyncConnection, slot_id: str) -> RowMapping:
     row = (
-        (await conn.execute(sa.select(slots).where(slots.c.id == slot_id).with_for_update()))
+        (
+            await conn.execute(
+                sa.select(slots).where(slots.c.id == slot_id).with_for_update(key_share=True)
+            )
+        )
         .mappings()
         .first()
     )

@@ -283,11 +283,13 @@ class SimulatedMachine:
             actual *= 1.0 + self._rng.random()
         if self._fire("reboot_mid_dispense"):
             await self._motor_sleep(actual * self._rng.uniform(0.1, 0.9))
+            self._journal(command.command_id, command.order_id, dropped=False)
             self._reboot()
             return
         ran = min(actual, float(command.timeout_ms))
         await self._motor_sleep(ran)
         success, drop, error = self._motor_outcome(actual > command.timeout_ms)
+        self._journal(command.command_id, command.order_id, dropped=success and drop)
         result = logic.finish_dispense(
             command.command_id,
             success=success,
@@ -298,6 +300,15 @@ class SimulatedMachine:
         )
         self._wake.set()
         await self._publish_result(result, first=True)
+
+    def _journal(self, command_id: str, order_id: str, *, dropped: bool) -> None:
+        """What physically happened, one line per motor run: the ground truth a chaos test
+        compares the backend's books against (the flash keeps only the last 32)."""
+        if self.options.state_dir is None:
+            return
+        line = json.dumps({"commandId": command_id, "orderId": order_id, "dropped": dropped})
+        with (self.options.state_dir / f"{self.machine_id}.vends.jsonl").open("a") as journal:
+            journal.write(line + "\n")
 
     async def _motor_sleep(self, motor_ms: float) -> None:
         await asyncio.sleep(motor_ms * self.options.speed / 1000)

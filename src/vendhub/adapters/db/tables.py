@@ -131,6 +131,17 @@ payments = sa.Table(
     sa.Column("paid_at", UTCDateTime()),
     _now_col(),
     _now_col("updated_at"),
+    sa.Column("qr_url", sa.String(500)),
+    sa.Column("gateway_expires_at", UTCDateTime()),
+    # Reconciliation: when we last asked the gateway about a still-unpaid order.
+    sa.Column("checked_at", UTCDateTime()),
+    sa.Column("check_count", sa.Integer, nullable=False, server_default="0"),
+    # A locally closed order is also closed at the gateway, so it cannot take money later.
+    sa.Column("gateway_closed_at", UTCDateTime()),
+    sa.Column("close_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("close_next_at", UTCDateTime()),
+    sa.Column("close_error", sa.Text),
+    sa.Index(None, "status", "gateway_closed_at"),
 )
 
 payment_notifications = sa.Table(
@@ -148,6 +159,7 @@ payment_notifications = sa.Table(
     sa.Column("received_at", UTCDateTime(), nullable=False),
     # One row per (order, transaction, status): a duplicate notification is a no-op.
     sa.UniqueConstraint("order_id", "transaction_id", "transaction_status"),
+    sa.Column("source", sa.String(16), nullable=False, server_default="webhook"),
 )
 
 dispenses = sa.Table(
@@ -249,6 +261,8 @@ refunds = sa.Table(
     _now_col(),
     _now_col("updated_at"),
     sa.CheckConstraint("amount > 0", name="amount_positive"),
+    sa.Column("completed_at", UTCDateTime()),
+    sa.Index(None, "status", "next_attempt_at"),
 )
 
 telemetry = sa.Table(

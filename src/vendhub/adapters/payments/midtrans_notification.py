@@ -20,15 +20,40 @@ REQUIRED = ("order_id", "status_code", "gross_amount", "signature_key", "transac
 
 def verify(body: bytes, server_key: str) -> Notification:
     """Raise InvalidNotification unless the body is a Midtrans notification signed with our key."""
+    data = _json_object(body)
+    missing = [k for k in REQUIRED if not isinstance(data.get(k), str) or not data[k]]
+    if missing:
+        raise InvalidNotification(f"missing or non-string field(s): {', '.join(missing)}")
+    _check_signature(data, server_key)
+    return _normalise(data, body)
+
+
+def from_status(body: bytes, server_key: str) -> Notification:
+    """A GET /v2/{order_id}/status answer as a Notification.
+
+    It came from the API over TLS with our key, so it needs no signature; a signature_key it
+    does carry must still match (a mismatch means something is wrong in between).
+    """
+    data = _json_object(body)
+    missing = [k for k in REQUIRED if k != "signature_key" and not isinstance(data.get(k), str)]
+    if missing:
+        raise InvalidNotification(f"status answer lacks field(s): {', '.join(missing)}")
+    if isinstance(data.get("signature_key"), str) and data["signature_key"]:
+        _check_signature(data, server_key)
+    return _normalise(data, body, source="status")
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InvalidNotification("body is not UTF-8 JSON") from None
     if not isinstance(data, dict):
         raise InvalidNotification("body is not a JSON object")
-    missing = [k for k in REQUIRED if not isinstance(data.get(k), str) or not data[k]]
-    if missing:
-        raise InvalidNotification(f"missing or non-string field(s): {', '.join(missing)}")
+    return data
+
+
+def _check_signature(data: Mapping[str, Any], server_key: str) -> None:
     if not signature_valid(
         data["order_id"],
         data["status_code"],
@@ -37,11 +62,25 @@ def verify(body: bytes, server_key: str) -> Notification:
         data["signature_key"],
     ):
         raise InvalidNotification("signature_key does not match")
-    return _normalise(data, body)
 
 
-def _normalise(data: Mapping[str, Any], body: bytes) -> Notification:
+def _refund_fields(data: Mapping[str, Any]) -> tuple[int | None, tuple[str, ...]]:
+    """Cumulative refunded amount and the refund_keys of a refund/partial_refund notification."""
+    if data.get("transaction_status") not in ("refund", "partial_refund"):
+        return None, ()
+    listed = data.get("refunds")
+    keys = tuple(
+        str(r["refund_key"])
+        for r in (listed if isinstance(listed, list) else [])
+        if isinstance(r, dict) and r.get("refund_key")
+    )
+    amount = parse_rupiah(str(data.get("refund_amount") or "0"))
+    return (amount if amount is not None else 0), keys
+
+
+def _normalise(data: Mapping[str, Any], body: bytes, source: str = "webhook") -> Notification:
     fraud = data.get("fraud_status")
+    refund_amount, refund_keys = _refund_fields(data)
     return Notification(
         order_id=data["order_id"],
         # Some notifications (e.g. expire of an unopened Snap) carry no transaction_id.
@@ -56,6 +95,9 @@ def _normalise(data: Mapping[str, Any], body: bytes) -> Notification:
         if isinstance(data.get("payment_type"), str)
         else None,
         raw=body.decode("utf-8"),
+        refund_amount=refund_amount,
+        refund_keys=refund_keys,
+        source=source,
     )
 
 
@@ -67,6 +109,8 @@ STATUS_CODES = {
     "cancel": "202",
     "expire": "407",
     "failure": "202",
+    "refund": "200",
+    "partial_refund": "200",
 }
 
 
@@ -79,11 +123,12 @@ def build(
     transaction_id: str,
     payment_type: str = "qris",
     transaction_time: str = "",
+    refunds: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A notification as Midtrans would send it, correctly signed with `server_key`."""
     status_code = STATUS_CODES.get(transaction_status, "200")
     gross = format_rupiah(amount)
-    return {
+    body: dict[str, Any] = {
         "transaction_time": transaction_time,
         "transaction_status": transaction_status,
         "transaction_id": transaction_id,
@@ -97,3 +142,10 @@ def build(
         "fraud_status": "accept",
         "currency": "IDR",
     }
+    if refunds is not None:
+        # Midtrans lists every refund so far and their total in refund_amount.
+        body["refunds"] = refunds
+        body["refund_amount"] = format_rupiah(
+            sum(parse_rupiah(r["refund_amount"]) or 0 for r in refunds)
+        )
+    return body

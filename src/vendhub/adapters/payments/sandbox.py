@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Mapping
 
 from vendhub.adapters.payments import midtrans_notification
-from vendhub.services.ports import Notification, PaymentInstructions, PaymentRequest
+from vendhub.services.ports import (
+    Notification,
+    PaymentInstructions,
+    PaymentRequest,
+    RefundRequest,
+    RefundResult,
+)
 
 
 class SandboxProvider:
@@ -30,8 +37,6 @@ class SandboxProvider:
         return midtrans_notification.verify(body, self._server_key)
 
     def signed_notification(self, order_id: str, amount: int, status: str) -> bytes:
-        import json
-
         body = midtrans_notification.build(
             order_id,
             amount,
@@ -41,5 +46,20 @@ class SandboxProvider:
         )
         return json.dumps(body).encode()
 
+    async def fetch_status(self, order_id: str) -> Notification | None:
+        # Everything the sandbox knows arrived through its own pay page: nothing to catch up.
+        return None
+
     async def cancel(self, order_id: str) -> None:
         return None
+
+    async def expire(self, order_id: str) -> None:
+        return None
+
+    async def refund(self, request: RefundRequest) -> RefundResult:
+        # No money moved, so the refund "succeeds" at once; the ledger still records it.
+        return RefundResult(
+            refund_key=request.refund_key,
+            amount=request.amount,
+            provider_ref=f"sandbox-{request.refund_key}",
+        )

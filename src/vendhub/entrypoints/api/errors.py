@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from vendhub.adapters.mqtt.client import MqttNotConnected, MqttPublishError
 from vendhub.domain.model import DomainError, IllegalTransition, OutOfStock
 from vendhub.services.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
-from vendhub.services.ports import InvalidNotification
+from vendhub.services.ports import GatewayError, InvalidNotification
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,12 @@ def install(app: FastAPI) -> None:
     async def _mqtt(_: Request, exc: Exception) -> JSONResponse:
         # A dependency is down, not a bug: tell the client to retry later, not "internal error".
         return error_response(503, "mqtt_unavailable", str(exc))
+
+    @app.exception_handler(GatewayError)
+    async def _gateway(_: Request, exc: GatewayError) -> JSONResponse:
+        # The payment gateway failed us, not the client: a bad gateway, worth a retry.
+        log.warning("payment gateway error: %s", exc)
+        return error_response(502, "payment_gateway_error", "the payment gateway did not answer")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -60,11 +60,17 @@ class MultiOrderCreate(BaseModel):
 
 
 class PaymentInfo(BaseModel):
+    """What a kiosk needs to take the payment: a QR to show, or a Snap page to open."""
+
     provider: str
     status: str
     token: str | None = None
     redirect_url: str | None = None
     qr_string: str | None = None
+    qr_url: str | None = None
+    transaction_id: str | None = None
+    payment_type: str | None = None
+    gateway_expires_at: datetime | None = None
 
 
 class OrderItemPublic(BaseModel):
@@ -92,10 +98,15 @@ class DispensePublic(BaseModel):
 class RefundPublic(BaseModel):
     id: str
     dispense_id: str | None
+    refund_key: str
     amount: int
-    status: str
+    status: str  # PENDING (owed, being paid out), SUCCEEDED, FAILED (needs a human)
     reason: str
+    attempts: int
     last_error: str | None
+    next_attempt_at: datetime | None
+    provider_ref: str | None
+    completed_at: datetime | None
 
 
 class OrderPublic(BaseModel):
@@ -111,6 +122,8 @@ class OrderPublic(BaseModel):
     items: list[OrderItemPublic]
     dispenses: list[DispensePublic]
     refunds: list[RefundPublic]
+    # True while any refund of this order is still owed (PENDING) or was refused (FAILED).
+    refund_pending: bool = False
     payment: PaymentInfo | None
 
 

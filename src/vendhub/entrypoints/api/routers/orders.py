@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from vendhub.domain.model import OrderStatus
-from vendhub.entrypoints.api.deps import ContainerDep, CtxDep, CurrentUser
+from vendhub.entrypoints.api.deps import AdminUser, ContainerDep, CtxDep, CurrentUser
 from vendhub.entrypoints.api.schemas import (
     DispensePublic,
     MultiOrderCreate,
@@ -17,10 +17,11 @@ from vendhub.entrypoints.api.schemas import (
     PaymentInfo,
     RefundPublic,
 )
-from vendhub.services import orders
+from vendhub.services import orders, refunds
 from vendhub.services.checkout import checkout
 from vendhub.services.context import ServiceContext
 from vendhub.services.orders import OrderLine
+from vendhub.workers.payment_jobs import policy_from
 
 router = APIRouter(prefix="/api/orders", tags=["orders"])
 
@@ -47,6 +48,7 @@ def order_public(order: dict[str, Any]) -> OrderPublic:
         ],
         dispenses=[DispensePublic(command_id=d["id"], **d) for d in order["dispenses"]],
         refunds=[RefundPublic(**r) for r in order["refunds"]],
+        refund_pending=any(r["status"] in ("PENDING", "FAILED") for r in order["refunds"]),
         payment=PaymentInfo(**payment) if payment else None,
     )
 
@@ -101,3 +103,16 @@ async def list_orders(
 @router.get("/{order_id}")
 async def get_order(order_id: str, ctx: CtxDep) -> OrderPublic:
     return await load(ctx, order_id)
+
+
+@router.post("/{order_id}/refund")
+async def refund_order(order_id: str, container: ContainerDep, _: AdminUser) -> dict[str, Any]:
+    """Refund what was paid and neither dropped nor refunded; calling again changes nothing."""
+    refund = await refunds.request_manual_refund(
+        container.ctx, container.payments, policy_from(container.settings), order_id
+    )
+    return {
+        "success": refund["status"] != "FAILED",
+        "order_id": order_id,
+        "refund": RefundPublic(**refund),
+    }

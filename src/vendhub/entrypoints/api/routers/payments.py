@@ -12,9 +12,10 @@ from fastapi.responses import HTMLResponse
 from vendhub.adapters.db.tables import payments
 from vendhub.adapters.payments.sandbox import SandboxProvider
 from vendhub.entrypoints.api.deps import ContainerDep, CtxDep
-from vendhub.services import orders
+from vendhub.services import orders, reconcile
 from vendhub.services import payments as payment_service
 from vendhub.services.errors import NotFound
+from vendhub.workers.payment_jobs import policy_from
 
 router = APIRouter(prefix="/api/payments", tags=["payments"])
 
@@ -51,6 +52,8 @@ async def payment_status(order_id: str, ctx: CtxDep) -> dict[str, Any]:
             "payment_type",
             "redirect_url",
             "qr_string",
+            "qr_url",
+            "gateway_expires_at",
             "paid_at",
         )
     }
@@ -59,7 +62,10 @@ async def payment_status(order_id: str, ctx: CtxDep) -> dict[str, Any]:
 @router.post("/cancel/{order_id}")
 async def cancel(order_id: str, container: ContainerDep) -> dict[str, Any]:
     await orders.cancel_order(container.ctx, order_id)
-    await container.payments.cancel(order_id)
+    # Best effort now; if the gateway is unreachable the payment jobs keep trying.
+    await reconcile.close_at_gateway(
+        container.ctx, container.payments, policy_from(container.settings), order_id
+    )
     return {"success": True, "order_id": order_id, "status": "CANCELLED"}
 
 

@@ -1,0 +1,31 @@
+"""Finance: the sales summary operators reconcile against the gateway's settlement report."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from vendhub.entrypoints.api.deps import CtxDep, CurrentUser
+from vendhub.services import finance
+from vendhub.services.errors import InvalidRequest
+
+router = APIRouter(prefix="/api/finance", tags=["finance"])
+
+
+@router.get("/summary")
+async def summary(
+    ctx: CtxDep,
+    _: CurrentUser,
+    machine_id: str | None = None,
+    start: Annotated[datetime | None, Query(alias="from")] = None,
+    end: Annotated[datetime | None, Query(alias="to")] = None,
+) -> dict[str, Any]:
+    """Payments received in [from, to): gross, refunded, net, units per product, failure rate."""
+    for value in (start, end):
+        if value is not None and value.tzinfo is None:
+            raise InvalidRequest("from/to need a UTC offset, e.g. 2026-11-27T00:00:00Z")
+    if start is not None and end is not None and end <= start:
+        raise InvalidRequest("'to' must be after 'from'")
+    return await finance.summary(ctx, machine_id, start, end)
