@@ -37,6 +37,7 @@ def tunables_from(settings: Settings) -> Tunables:
         command_ttl_s=settings.command_ttl_s,
         queue_ttl_s=settings.dispense_queue_ttl_s,
         order_ttl_s=settings.order_ttl_s,
+        late_payment_policy=settings.late_payment_policy,
         default_machine_id=settings.machine_id,
     )
 

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     midtrans_snap_base_url: str | None = None
     midtrans_timeout_s: float = Field(default=15.0, gt=0)
     order_ttl_s: int = Field(default=15 * 60, ge=60)
+    late_payment_policy: Literal["refund", "dispense"] = "refund"
     reconcile_after_s: int = Field(default=120, ge=0)
     reconcile_every_s: int = Field(default=60, ge=1)
     refund_max_attempts: int = Field(default=5, ge=1)

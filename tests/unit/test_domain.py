@@ -138,3 +138,13 @@ def test_gateway_amounts_parse_to_whole_rupiah_or_nothing(text: str, expected: i
 @given(st.integers(min_value=0, max_value=10**12))
 def test_formatted_amounts_parse_back_to_the_same_rupiah(amount: int) -> None:
     assert parse_rupiah(format_rupiah(amount)) == amount
+
+
+def test_only_closed_unpaid_orders_can_be_revived_by_a_late_payment() -> None:
+    from vendhub.domain.model import check_late_payment_revival
+
+    assert check_late_payment_revival(OrderStatus.EXPIRED) is OrderStatus.PAID
+    assert check_late_payment_revival(OrderStatus.CANCELLED) is OrderStatus.PAID
+    for status in (OrderStatus.COMPLETED, OrderStatus.FAILED, OrderStatus.REFUNDED):
+        with pytest.raises(IllegalTransition):
+            check_late_payment_revival(status)

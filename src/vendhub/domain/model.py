@@ -59,6 +59,21 @@ def check_order_transition(current: OrderStatus, new: OrderStatus) -> None:
         raise IllegalTransition(f"order cannot go from {current} to {new}")
 
 
+# Money that arrives after an unpaid order closed may revive it, if the operator chose to
+# dispense late payments (LATE_PAYMENT_POLICY=dispense) and the stock is still there. Kept out
+# of ORDER_TRANSITIONS so no other path can reopen a closed order.
+LATE_PAYMENT_REVIVAL: dict[OrderStatus, OrderStatus] = {
+    OrderStatus.EXPIRED: OrderStatus.PAID,
+    OrderStatus.CANCELLED: OrderStatus.PAID,
+}
+
+
+def check_late_payment_revival(current: OrderStatus) -> OrderStatus:
+    if current not in LATE_PAYMENT_REVIVAL:
+        raise IllegalTransition(f"a late payment cannot reopen an order that is {current}")
+    return LATE_PAYMENT_REVIVAL[current]
+
+
 def can_transition(current: OrderStatus, new: OrderStatus) -> bool:
     return new in ORDER_TRANSITIONS[current]
 

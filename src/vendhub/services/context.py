@@ -24,6 +24,8 @@ class Tunables:
     queue_ttl_s: int = 600
     # A machine silent for this many telemetry intervals is considered offline (protocol.md).
     presence_intervals: int = 3
+    # "refund" every payment for an already-closed order, or "dispense" it if stock allows.
+    late_payment_policy: str = "refund"
     order_ttl_s: int = 900
     default_machine_id: str = "VM01"
 

@@ -13,6 +13,7 @@ from vendhub.adapters.db.tables import dispenses, machines, order_items, orders,
 from vendhub.domain.model import (
     OrderStatus,
     UnitStatus,
+    check_late_payment_revival,
     check_order_transition,
     check_unit_transition,
     order_outcome,
@@ -55,6 +56,21 @@ async def move_order(
         raise RuntimeError(f"order {order_id} changed under a lock")
     log.info("order %s %s → %s", order_id, current.value, new.value)
     return new
+
+
+async def revive_order(
+    conn: AsyncConnection, order_id: str, current: OrderStatus, now: datetime
+) -> None:
+    """EXPIRED/CANCELLED → PAID for a late payment the operator chose to dispense."""
+    new = check_late_payment_revival(current)
+    result = await conn.execute(
+        sa.update(orders)
+        .where(orders.c.id == order_id, orders.c.status == current.value)
+        .values(status=new.value, updated_at=now, paid_at=now)
+    )
+    if result.rowcount != 1:
+        raise RuntimeError(f"order {order_id} changed under a lock")
+    log.info("order %s %s → %s (late payment dispensed)", order_id, current.value, new.value)
 
 
 async def lock_order(conn: AsyncConnection, order_id: str) -> RowMapping | None:

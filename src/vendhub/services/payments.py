@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import datetime
 from enum import StrEnum
 
 import sqlalchemy as sa
@@ -11,12 +12,13 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vendhub.adapters.db.tables import payment_notifications, payments, refunds
-from vendhub.domain.model import OrderStatus
+from vendhub.adapters.db.tables import order_items, payment_notifications, payments, refunds
+from vendhub.domain.model import OrderStatus, OutOfStock
 from vendhub.domain.payments import PaymentStatus
 from vendhub.services import refunds as refunds_service
+from vendhub.services import stock
 from vendhub.services.context import ServiceContext
-from vendhub.services.dispatch import create_units, lock_order, set_order_status
+from vendhub.services.dispatch import create_units, lock_order, revive_order, set_order_status
 from vendhub.services.errors import InvalidRequest, NotFound
 from vendhub.services.ids import new_id
 from vendhub.services.orders import close_unpaid
@@ -32,6 +34,7 @@ class Outcome(StrEnum):
     PENDING = "pending"
     IGNORED = "ignored"
     LATE_PAYMENT = "late_payment"
+    LATE_PAYMENT_DISPENSED = "late_payment_dispensed"
     RECORDED = "recorded"
     DUPLICATE = "duplicate"
     REFUND_CONFIRMED = "refund_confirmed"
@@ -116,6 +119,8 @@ async def _apply(
             await _mark_paid(ctx, conn, order, note)
             return Outcome.PAID
         closed = status in (OrderStatus.EXPIRED, OrderStatus.CANCELLED)
+        if closed and await _dispense_late_payment(ctx, conn, order, note):
+            return Outcome.LATE_PAYMENT_DISPENSED
         if closed and await _owe_late_payment_refund(ctx, conn, order, note):
             return Outcome.LATE_PAYMENT
         return Outcome.ALREADY_PAID
@@ -148,9 +153,17 @@ async def _mark_paid(
 ) -> None:
     now = ctx.clock()
     await set_order_status(conn, order, OrderStatus.PAID, now, paid_at=now)
+    await _record_payment(conn, order["id"], note, now)
+    await create_units(ctx, conn, order["id"], order["machine_id"])
+
+
+async def _record_payment(
+    conn: AsyncConnection, order_id: str, note: Notification, now: datetime
+) -> None:
+    """The money is in: the payment row shows it, whatever becomes of the order."""
     await conn.execute(
         sa.update(payments)
-        .where(payments.c.order_id == order["id"])
+        .where(payments.c.order_id == order_id)
         .values(
             status=PaymentStatus.PAID.value,
             transaction_id=note.transaction_id,
@@ -159,7 +172,38 @@ async def _mark_paid(
             updated_at=now,
         )
     )
+
+
+async def _dispense_late_payment(
+    ctx: ServiceContext, conn: AsyncConnection, order: RowMapping, note: Notification
+) -> bool:
+    """With LATE_PAYMENT_POLICY=dispense: reserve the stock again and vend; False (refund
+    instead) when the policy is refund or any slot no longer has the units."""
+    if ctx.tunables.late_payment_policy != "dispense":
+        return False
+    now = ctx.clock()
+    items = (
+        await conn.execute(
+            sa.select(order_items.c.slot_id, order_items.c.quantity)
+            .where(order_items.c.order_id == order["id"])
+            .order_by(order_items.c.slot_id)  # the global lock order, as at checkout
+        )
+    ).all()
+    try:
+        # A savepoint: a slot that ran short undoes the reservations made before it.
+        async with conn.begin_nested():
+            for item in items:
+                await stock.reserve(conn, item.slot_id, item.quantity, now)
+    except OutOfStock:
+        log.warning("late payment order=%s: stock gone, refunding instead", order["id"])
+        return False
+    await revive_order(conn, order["id"], OrderStatus(order["status"]), now)
+    await conn.execute(
+        sa.update(order_items).where(order_items.c.order_id == order["id"]).values(released=0)
+    )
+    await _record_payment(conn, order["id"], note, now)
     await create_units(ctx, conn, order["id"], order["machine_id"])
+    return True
 
 
 async def _owe_late_payment_refund(
@@ -172,17 +216,7 @@ async def _owe_late_payment_refund(
     now = ctx.clock()
     log.warning("late payment order=%s status=%s: refund owed", order["id"], order["status"])
     # The money is in: the ledger shows it paid (the order stays closed) and owed back.
-    await conn.execute(
-        sa.update(payments)
-        .where(payments.c.order_id == order["id"])
-        .values(
-            status=PaymentStatus.PAID.value,
-            transaction_id=note.transaction_id,
-            payment_type=note.payment_type,
-            paid_at=now,
-            updated_at=now,
-        )
-    )
+    await _record_payment(conn, order["id"], note, now)
     await conn.execute(
         sa.insert(refunds).values(
             id=new_id(),
