@@ -16,6 +16,7 @@ from vendhub.adapters.db.tables import users
 from vendhub.services.context import ServiceContext
 from vendhub.services.errors import Conflict, Unauthorized
 from vendhub.services.ids import new_id
+from vendhub.services.rows import first
 
 _hasher = PasswordHasher()
 ALGORITHM = "HS256"
@@ -63,11 +64,7 @@ async def ensure_admin(ctx: ServiceContext, username: str, password: str) -> boo
 
 async def authenticate(ctx: ServiceContext, username: str, password: str) -> dict[str, Any]:
     async with ctx.engine.connect() as conn:
-        user = (
-            (await conn.execute(sa.select(users).where(users.c.username == username)))
-            .mappings()
-            .first()
-        )
+        user = await first(conn, sa.select(users).where(users.c.username == username))
     try:
         if user is None or not user["is_active"]:
             raise VerificationError("no such active user")

@@ -11,9 +11,11 @@ from vendhub.adapters.db.tables import machines, products, slots
 from vendhub.protocol.messages import MachineConfig, SlotConfig
 from vendhub.protocol.topics import valid_machine_id
 from vendhub.services.context import ServiceContext
+from vendhub.services.dispatch import lock_machine
 from vendhub.services.errors import Conflict, InvalidRequest, NotFound
 from vendhub.services.ids import new_id
 from vendhub.services.outbox import enqueue
+from vendhub.services.rows import every, first
 
 MACHINE_FIELDS = ("name", "location", "is_active", "telemetry_interval_s")
 PRODUCT_FIELDS = ("name", "description", "category", "price", "image_url", "is_active")
@@ -32,11 +34,7 @@ async def list_machines(ctx: ServiceContext) -> list[dict[str, Any]]:
 
 async def get_machine(ctx: ServiceContext, machine_id: str) -> dict[str, Any]:
     async with ctx.engine.connect() as conn:
-        row = (
-            (await conn.execute(sa.select(machines).where(machines.c.id == machine_id)))
-            .mappings()
-            .first()
-        )
+        row = await first(conn, sa.select(machines).where(machines.c.id == machine_id))
     if row is None:
         raise NotFound(f"machine {machine_id} not found")
     return dict(row)
@@ -142,29 +140,12 @@ async def push_config(ctx: ServiceContext, machine_id: str) -> MachineConfig:
     """Bump the config version and queue it retained; devices apply only newer versions."""
     now = ctx.clock()
     async with ctx.engine.begin() as conn:
-        machine = (
-            (
-                await conn.execute(
-                    sa.select(machines)
-                    .where(machines.c.id == machine_id)
-                    .with_for_update(key_share=True)
-                )
-            )
-            .mappings()
-            .first()
-        )
+        machine = await lock_machine(conn, machine_id)
         if machine is None:
             raise NotFound(f"machine {machine_id} not found")
-        rows = (
-            (
-                await conn.execute(
-                    sa.select(slots)
-                    .where(slots.c.machine_id == machine_id)
-                    .order_by(slots.c.slot_number)
-                )
-            )
-            .mappings()
-            .all()
+        rows = await every(
+            conn,
+            sa.select(slots).where(slots.c.machine_id == machine_id).order_by(slots.c.slot_number),
         )
         version = machine["config_version"] + 1
         config = MachineConfig(
@@ -195,16 +176,9 @@ async def list_products(
 ) -> list[dict[str, Any]]:
     if machine_id is None:
         async with ctx.engine.connect() as conn:
-            rows = (
-                (
-                    await conn.execute(
-                        sa.select(products)
-                        .where(products.c.is_active.is_(True))
-                        .order_by(products.c.name)
-                    )
-                )
-                .mappings()
-                .all()
+            rows = await every(
+                conn,
+                sa.select(products).where(products.c.is_active.is_(True)).order_by(products.c.name),
             )
         return [dict(r) for r in rows]
     result = []
@@ -229,11 +203,7 @@ async def list_products(
 
 async def get_product(ctx: ServiceContext, product_id: str) -> dict[str, Any]:
     async with ctx.engine.connect() as conn:
-        row = (
-            (await conn.execute(sa.select(products).where(products.c.id == product_id)))
-            .mappings()
-            .first()
-        )
+        row = await first(conn, sa.select(products).where(products.c.id == product_id))
     if row is None:
         raise NotFound(f"product {product_id} not found")
     return dict(row)

@@ -11,6 +11,7 @@ from vendhub.domain.model import OrderStatus
 from vendhub.services.context import ServiceContext
 from vendhub.services.orders import OrderLine, close_unpaid, place_order
 from vendhub.services.ports import GatewayError, PaymentLine, PaymentProvider, PaymentRequest
+from vendhub.services.rows import every
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,7 @@ async def _attach_payment(ctx: ServiceContext, provider: PaymentProvider, order_
         order = (
             (await conn.execute(sa.select(orders).where(orders.c.id == order_id))).mappings().one()
         )
-        items = (
-            (await conn.execute(sa.select(order_items).where(order_items.c.order_id == order_id)))
-            .mappings()
-            .all()
-        )
+        items = await every(conn, sa.select(order_items).where(order_items.c.order_id == order_id))
     ttl_minutes = max(1, ctx.tunables.order_ttl_s // 60)
     request = PaymentRequest(
         order_id=order_id,

@@ -16,6 +16,7 @@ from vendhub.protocol.messages import DispenseCommand
 from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import dispatch_next, settle_unit
 from vendhub.services.outbox import OutboxKind, enqueue
+from vendhub.services.rows import every, first
 
 log = logging.getLogger(__name__)
 
@@ -144,23 +145,18 @@ async def retransmit_due(ctx: ServiceContext, limit: int = 200) -> int:
     """No result by timeoutMs + grace: the same commandId again, within attempts and expiry."""
     now = ctx.clock()
     async with ctx.engine.begin() as conn:
-        due = (
-            (
-                await conn.execute(
-                    sa.select(dispenses)
-                    .where(
-                        dispenses.c.status == UnitStatus.IN_FLIGHT.value,
-                        dispenses.c.next_attempt_at <= now,
-                        dispenses.c.attempts < ctx.tunables.dispense_max_attempts,
-                        dispenses.c.expires_at > now,
-                    )
-                    .order_by(dispenses.c.next_attempt_at)
-                    .limit(limit)
-                    .with_for_update(key_share=True)
-                )
+        due = await every(
+            conn,
+            sa.select(dispenses)
+            .where(
+                dispenses.c.status == UnitStatus.IN_FLIGHT.value,
+                dispenses.c.next_attempt_at <= now,
+                dispenses.c.attempts < ctx.tunables.dispense_max_attempts,
+                dispenses.c.expires_at > now,
             )
-            .mappings()
-            .all()
+            .order_by(dispenses.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(key_share=True),
         )
         for unit in due:
             command = DispenseCommand(
@@ -231,16 +227,9 @@ async def give_up_due(ctx: ServiceContext, limit: int = 100) -> int:
 
 async def _give_up(ctx: ServiceContext, unit_id: str, expected_status: str) -> int:
     async with ctx.engine.begin() as conn:
-        unit = (
-            (
-                await conn.execute(
-                    sa.select(dispenses)
-                    .where(dispenses.c.id == unit_id)
-                    .with_for_update(key_share=True)
-                )
-            )
-            .mappings()
-            .first()
+        unit = await first(
+            conn,
+            sa.select(dispenses).where(dispenses.c.id == unit_id).with_for_update(key_share=True),
         )
         if unit is None or unit["status"] != expected_status:
             return 0

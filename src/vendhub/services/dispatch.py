@@ -24,6 +24,7 @@ from vendhub.services.context import ServiceContext
 from vendhub.services.errors import Conflict, NotFound
 from vendhub.services.ids import new_id
 from vendhub.services.outbox import enqueue
+from vendhub.services.rows import every, first
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,13 @@ async def revive_order(
     log.info("order %s %s → %s (late payment dispensed)", order_id, current.value, new.value)
 
 
+async def lock_machine(conn: AsyncConnection, machine_id: str) -> RowMapping | None:
+    # NO KEY UPDATE (PostgreSQL): does not wait for orders being inserted for this machine,
+    # whose foreign-key checks hold KEY SHARE on it; plain FOR UPDATE deadlocked there.
+    stmt = sa.select(machines).where(machines.c.id == machine_id)
+    return await first(conn, stmt.with_for_update(key_share=True))
+
+
 async def lock_order(conn: AsyncConnection, order_id: str) -> RowMapping | None:
     stmt = sa.select(orders).where(orders.c.id == order_id).with_for_update(key_share=True)
     return (await conn.execute(stmt)).mappings().first()
@@ -83,17 +91,12 @@ async def create_units(
 ) -> None:
     """For a PAID order: one QUEUED dispense row per physical unit, then start the machine."""
     now = ctx.clock()
-    items = (
-        (
-            await conn.execute(
-                sa.select(order_items, slots.c.motor_duration_ms)
-                .join(slots, slots.c.id == order_items.c.slot_id)
-                .where(order_items.c.order_id == order_id)
-                .order_by(order_items.c.id)
-            )
-        )
-        .mappings()
-        .all()
+    items = await every(
+        conn,
+        sa.select(order_items, slots.c.motor_duration_ms)
+        .join(slots, slots.c.id == order_items.c.slot_id)
+        .where(order_items.c.order_id == order_id)
+        .order_by(order_items.c.id),
     )
     rows = [
         {
@@ -129,11 +132,8 @@ async def dispatch_next(ctx: ServiceContext, conn: AsyncConnection, machine_id: 
     """Put the oldest queued unit of this machine in flight, unless one already is or the
     machine is known to be offline (then it waits; a status ONLINE dispatches it)."""
     # Serialises dispatchers of one machine (a no-op on SQLite, which serialises writers).
-    status = await conn.scalar(
-        sa.select(machines.c.status)
-        .where(machines.c.id == machine_id)
-        .with_for_update(key_share=True)
-    )
+    machine = await lock_machine(conn, machine_id)
+    status = machine["status"] if machine else None
     if status in UNREACHABLE:
         return False
     busy = await conn.scalar(
@@ -141,22 +141,17 @@ async def dispatch_next(ctx: ServiceContext, conn: AsyncConnection, machine_id: 
     )
     if busy is not None:
         return False
-    unit = (
-        (
-            await conn.execute(
-                sa.select(dispenses)
-                .where(
-                    dispenses.c.machine_id == machine_id,
-                    dispenses.c.status == UnitStatus.QUEUED.value,
-                    # Past its queue deadline a unit is refunded (give_up_due), never sent.
-                    dispenses.c.expires_at > ctx.clock(),
-                )
-                .order_by(dispenses.c.id)
-                .limit(1)
-            )
+    unit = await first(
+        conn,
+        sa.select(dispenses)
+        .where(
+            dispenses.c.machine_id == machine_id,
+            dispenses.c.status == UnitStatus.QUEUED.value,
+            # Past its queue deadline a unit is refunded (give_up_due), never sent.
+            dispenses.c.expires_at > ctx.clock(),
         )
-        .mappings()
-        .first()
+        .order_by(dispenses.c.id)
+        .limit(1),
     )
     if unit is None:
         return False

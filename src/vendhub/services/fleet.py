@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from vendhub.adapters.db.tables import machine_events, machines, slots, telemetry
 from vendhub.protocol.messages import StatusMessage, SyncCommand, Telemetry
 from vendhub.services.context import ServiceContext
-from vendhub.services.dispatch import dispatch_next
+from vendhub.services.dispatch import dispatch_next, lock_machine
 from vendhub.services.outbox import enqueue
 
 log = logging.getLogger(__name__)
@@ -88,17 +88,7 @@ async def apply_status(ctx: ServiceContext, machine_id: str, message: StatusMess
     """Record presence; returns True when a sync was queued (device online or rebooted)."""
     now = ctx.clock()
     async with ctx.engine.begin() as conn:
-        machine = (
-            (
-                await conn.execute(
-                    sa.select(machines)
-                    .where(machines.c.id == machine_id)
-                    .with_for_update(key_share=True)
-                )
-            )
-            .mappings()
-            .first()
-        )
+        machine = await lock_machine(conn, machine_id)
         if machine is None:
             log.info("status from unknown machine %s ignored", machine_id)
             return False

@@ -27,6 +27,7 @@ from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import lock_order, set_order_status
 from vendhub.services.errors import Conflict, InvalidRequest, NotFound
 from vendhub.services.ids import new_id, new_order_id
+from vendhub.services.rows import every, first
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +52,7 @@ async def place_order(
         raise InvalidRequest("an order needs at least one item")
     now = ctx.clock()
     async with ctx.engine.begin() as conn:
-        machine = (
-            (await conn.execute(sa.select(machines).where(machines.c.id == machine_id)))
-            .mappings()
-            .first()
-        )
+        machine = await first(conn, sa.select(machines).where(machines.c.id == machine_id))
         if machine is None:
             raise NotFound(f"machine {machine_id} not found")
         if not machine["is_active"]:
@@ -125,22 +122,17 @@ async def _merge_lines(
         cond = (
             slots.c.id == line.slot_id if line.slot_id else slots.c.slot_number == line.slot_number
         )
-        row = (
-            (
-                await conn.execute(
-                    sa.select(
-                        slots,
-                        products.c.id.label("p_id"),
-                        products.c.name.label("p_name"),
-                        products.c.price.label("p_price"),
-                        products.c.is_active.label("p_active"),
-                    )
-                    .outerjoin(products, products.c.id == slots.c.product_id)
-                    .where(slots.c.machine_id == machine_id, cond)
-                )
+        row = await first(
+            conn,
+            sa.select(
+                slots,
+                products.c.id.label("p_id"),
+                products.c.name.label("p_name"),
+                products.c.price.label("p_price"),
+                products.c.is_active.label("p_active"),
             )
-            .mappings()
-            .first()
+            .outerjoin(products, products.c.id == slots.c.product_id)
+            .where(slots.c.machine_id == machine_id, cond),
         )
         if row is None:
             which = line.slot_id or line.slot_number
@@ -155,49 +147,23 @@ async def _merge_lines(
 
 async def get_order(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
     async with ctx.engine.connect() as conn:
-        order = (
-            (await conn.execute(sa.select(orders).where(orders.c.id == order_id)))
-            .mappings()
-            .first()
-        )
+        order = await first(conn, sa.select(orders).where(orders.c.id == order_id))
         if order is None:
             raise NotFound(f"order {order_id} not found")
-        items = (
-            (
-                await conn.execute(
-                    sa.select(order_items)
-                    .where(order_items.c.order_id == order_id)
-                    .order_by(order_items.c.id)
-                )
-            )
-            .mappings()
-            .all()
+        items = await every(
+            conn,
+            sa.select(order_items)
+            .where(order_items.c.order_id == order_id)
+            .order_by(order_items.c.id),
         )
-        units = (
-            (
-                await conn.execute(
-                    sa.select(dispenses)
-                    .where(dispenses.c.order_id == order_id)
-                    .order_by(dispenses.c.id)
-                )
-            )
-            .mappings()
-            .all()
+        units = await every(
+            conn,
+            sa.select(dispenses).where(dispenses.c.order_id == order_id).order_by(dispenses.c.id),
         )
-        owed = (
-            (
-                await conn.execute(
-                    sa.select(refunds).where(refunds.c.order_id == order_id).order_by(refunds.c.id)
-                )
-            )
-            .mappings()
-            .all()
+        owed = await every(
+            conn, sa.select(refunds).where(refunds.c.order_id == order_id).order_by(refunds.c.id)
         )
-        payment = (
-            (await conn.execute(sa.select(payments).where(payments.c.order_id == order_id)))
-            .mappings()
-            .first()
-        )
+        payment = await first(conn, sa.select(payments).where(payments.c.order_id == order_id))
     return {
         **order,
         "items": [dict(i) for i in items],
@@ -230,11 +196,7 @@ async def close_unpaid(
         return False
     now = ctx.clock()
     await set_order_status(conn, order, new, now)
-    items = (
-        (await conn.execute(sa.select(order_items).where(order_items.c.order_id == order_id)))
-        .mappings()
-        .all()
-    )
+    items = await every(conn, sa.select(order_items).where(order_items.c.order_id == order_id))
     for item in items:
         await stock.release(
             conn,

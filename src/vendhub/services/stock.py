@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from vendhub.adapters.db.tables import slots, stock_logs
 from vendhub.domain.model import OutOfStock
 from vendhub.services.errors import InvalidRequest, NotFound
+from vendhub.services.rows import first
 
 
 class ChangeType(StrEnum):
@@ -24,14 +25,8 @@ class ChangeType(StrEnum):
 
 
 async def lock_slot(conn: AsyncConnection, slot_id: str) -> RowMapping:
-    row = (
-        (
-            await conn.execute(
-                sa.select(slots).where(slots.c.id == slot_id).with_for_update(key_share=True)
-            )
-        )
-        .mappings()
-        .first()
+    row = await first(
+        conn, sa.select(slots).where(slots.c.id == slot_id).with_for_update(key_share=True)
     )
     if row is None:
         raise NotFound(f"slot {slot_id} not found")
