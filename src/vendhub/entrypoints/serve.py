@@ -119,13 +119,18 @@ async def _demo_order(settings: Settings) -> None:
             created["payment"]["redirect_url"],
         )
         await http.post(f"/api/payments/sandbox/{order_id}/pay")
-        seen = created["status"]
+        # Each transition is logged by the service as it happens; here, only the ending.
+        status = created["status"]
         for _ in range(300):
             status = (await http.get(f"/api/orders/{order_id}")).json()["status"]
-            if status != seen:
-                log.info("demo order %s: %s → %s", order_id, seen, status)
-                seen = status
             if status in FINAL:
                 break
             await asyncio.sleep(0.2)
-        log.info("demo done. Try: curl %s/api/orders/%s | API docs: %s/docs", base, order_id, base)
+        log.info(
+            "demo order %s ended %s. Try: curl %s/api/orders/%s | API docs: %s/docs",
+            order_id,
+            status,
+            base,
+            order_id,
+            base,
+        )
