@@ -182,3 +182,70 @@ def test_vendhub_sim_hands_its_arguments_to_the_simulator(tmp_path: Path) -> Non
     done = vendhub("sim", "--help", env=clean_env(), cwd=elsewhere(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "--machines" in done.stdout and "--fault" in done.stdout
+
+
+async def test_mqtt_subscribe_prints_messages_under_the_prefix(tmp_path: Path) -> None:
+    prefix = unique("cli")
+    proc = await asyncio.create_subprocess_exec(
+        *VENDHUB,
+        "mqtt",
+        "subscribe",
+        "--count",
+        "1",
+        env=mqtt_env(tmp_path, prefix),
+        cwd=elsewhere(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)  # "subscribed to …"
+        assert f"{prefix}/#" in line.decode()
+        async with aiomqtt.Client(MQTT_HOST, MQTT_PORT, identifier=unique("pub-")) as client:
+            await client.publish(f"{prefix}/VM01/status", b'{"status":"ONLINE"}', qos=1)
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+        assert f'{prefix}/VM01/status: {{"status":"ONLINE"}}' in out.decode()
+        assert proc.returncode == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_serve_demo_walks_one_order_to_completed_on_the_embedded_defaults(
+    tmp_path: Path,
+) -> None:
+    """The README's first command, minus the venv: SQLite file, embedded broker, demo shop,
+    simulated VM01, one order; then a clean SIGTERM."""
+    import signal
+    import subprocess
+    import time
+
+    env = clean_env(PORT=str(free_port()), MQTT_EMBEDDED_PORT=str(free_port()))
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*VENDHUB, "serve", "--demo"],
+            env=env,
+            cwd=elsewhere(tmp_path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 45
+        while "ended" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        text = log.read_text()
+        for step in (
+            "PENDING → PAID",
+            "PAID → DISPENSING",
+            "DISPENSING → COMPLETED",
+            "ended COMPLETED",
+        ):
+            assert step in text, text
+        assert (elsewhere(tmp_path) / "vendhub.db").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    assert "Traceback" not in log.read_text()
