@@ -18,7 +18,7 @@ from vendhub.config import Settings
 from vendhub.metrics import Metrics
 from vendhub.protocol.topics import INBOUND_KINDS, fleet_filter
 from vendhub.services import auth, commands
-from vendhub.services.context import ServiceContext, Tunables
+from vendhub.services.context import PaymentPolicy, ServiceContext, Tunables
 from vendhub.services.ports import PaymentProvider
 from vendhub.workers.intake import Intake
 from vendhub.workers.payment_jobs import run_payment_jobs
@@ -39,6 +39,18 @@ def tunables_from(settings: Settings) -> Tunables:
         order_ttl_s=settings.order_ttl_s,
         late_payment_policy=settings.late_payment_policy,
         default_machine_id=settings.machine_id,
+    )
+
+
+def payment_policy_from(settings: Settings) -> PaymentPolicy:
+    return PaymentPolicy(
+        reconcile_after_s=settings.reconcile_after_s,
+        reconcile_every_s=settings.reconcile_every_s,
+        refund_max_attempts=settings.refund_max_attempts,
+        backoff_base_s=settings.refund_backoff_s,
+        backoff_max_s=settings.refund_backoff_max_s,
+        # Longer than one HTTP call can take, so a live attempt is never overtaken.
+        lease_s=max(60, int(settings.midtrans_timeout_s * 4)),
     )
 
 
@@ -81,6 +93,7 @@ class Container:
     engine: AsyncEngine
     ctx: ServiceContext
     payments: PaymentProvider
+    payment_policy: PaymentPolicy
     metrics: Metrics
     mqtt: MqttClient
     intake: Intake
@@ -104,7 +117,12 @@ class Container:
             asyncio.create_task(self.mqtt.run(), name="mqtt"),
             asyncio.create_task(self.publisher.run(), name="outbox"),
             asyncio.create_task(run_timers(self.ctx, self.metrics), name="timers"),
-            asyncio.create_task(run_payment_jobs(self.ctx, self.payments, self.settings)),
+            asyncio.create_task(
+                run_payment_jobs(
+                    self.ctx, self.payments, self.payment_policy, self.settings.payment_jobs_tick_s
+                ),
+                name="payments",
+            ),
         ]
 
     async def stop(self) -> None:
@@ -117,6 +135,10 @@ class Container:
                 await task
         if self.broker is not None:
             await self.broker.stop()
+        # The provider may hold an HTTP connection pool (midtrans); it closes with the app.
+        close = getattr(self.payments, "aclose", None)
+        if close is not None:
+            await close()
         await self.engine.dispose()
 
     def mqtt_connected(self) -> bool:
@@ -140,6 +162,7 @@ def build(settings: Settings) -> Container:
         engine=engine,
         ctx=ctx,
         payments=build_payment_provider(settings),
+        payment_policy=payment_policy_from(settings),
         metrics=metrics,
         mqtt=mqtt,
         intake=intake,

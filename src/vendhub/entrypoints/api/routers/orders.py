@@ -21,7 +21,6 @@ from vendhub.services import orders, refunds
 from vendhub.services.checkout import checkout
 from vendhub.services.context import ServiceContext
 from vendhub.services.orders import OrderLine
-from vendhub.workers.payment_jobs import policy_from
 
 router = APIRouter(prefix="/api/orders", tags=["orders"])
 
@@ -109,7 +108,7 @@ async def get_order(order_id: str, ctx: CtxDep) -> OrderPublic:
 async def refund_order(order_id: str, container: ContainerDep, _: AdminUser) -> dict[str, Any]:
     """Refund what was paid and neither dropped nor refunded; calling again changes nothing."""
     refund = await refunds.request_manual_refund(
-        container.ctx, container.payments, policy_from(container.settings), order_id
+        container.ctx, container.payments, container.payment_policy, order_id
     )
     return {
         "success": refund["status"] != "FAILED",

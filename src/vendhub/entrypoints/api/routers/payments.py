@@ -15,7 +15,6 @@ from vendhub.entrypoints.api.deps import ContainerDep, CtxDep
 from vendhub.services import orders, reconcile
 from vendhub.services import payments as payment_service
 from vendhub.services.errors import NotFound
-from vendhub.workers.payment_jobs import policy_from
 
 router = APIRouter(prefix="/api/payments", tags=["payments"])
 
@@ -64,7 +63,7 @@ async def cancel(order_id: str, container: ContainerDep) -> dict[str, Any]:
     await orders.cancel_order(container.ctx, order_id)
     # Best effort now; if the gateway is unreachable the payment jobs keep trying.
     await reconcile.close_at_gateway(
-        container.ctx, container.payments, policy_from(container.settings), order_id
+        container.ctx, container.payments, container.payment_policy, order_id
     )
     return {"success": True, "order_id": order_id, "status": "CANCELLED"}
 
