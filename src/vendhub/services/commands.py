@@ -20,6 +20,10 @@ from vendhub.services.rows import every, first
 
 log = logging.getLogger(__name__)
 
+# Longer than a batch's publishes can take (each waits at most MQTT_PUBLISH_TIMEOUT_S, 10 s);
+# rows claimed by a replica that died go out again after it.
+CLAIM_LEASE_S = 30
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxItem:
@@ -38,23 +42,42 @@ class OutboxItem:
 
 
 async def pending(ctx: ServiceContext, limit: int = 500) -> list[OutboxItem]:
-    """Unpublished rows in id order, each with whether it is still worth sending."""
+    """Claim unpublished rows (id order) for CLAIM_LEASE_S, each with whether it is still
+    worth sending. SKIP LOCKED plus the lease keep replicas from publishing the same row."""
     now = ctx.clock()
-    stmt = (
-        sa.select(
-            outbox,
-            dispenses.c.status.label("unit_status"),
-            dispenses.c.expires_at.label("unit_expires_at"),
-            dispenses.c.timeout_ms,
-            dispenses.c.order_id,
+    async with ctx.engine.begin() as conn:
+        ids = (
+            await conn.scalars(
+                sa.select(outbox.c.id)
+                .where(
+                    outbox.c.published_at.is_(None),
+                    sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until <= now),
+                )
+                .order_by(outbox.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        if not ids:
+            return []
+        await conn.execute(
+            sa.update(outbox)
+            .where(outbox.c.id.in_(ids))
+            .values(claimed_until=now + timedelta(seconds=CLAIM_LEASE_S))
         )
-        .outerjoin(dispenses, dispenses.c.id == outbox.c.dispense_id)
-        .where(outbox.c.published_at.is_(None))
-        .order_by(outbox.c.id)
-        .limit(limit)
-    )
-    async with ctx.engine.connect() as conn:
-        rows = (await conn.execute(stmt)).mappings().all()
+        rows = await every(
+            conn,
+            sa.select(
+                outbox,
+                dispenses.c.status.label("unit_status"),
+                dispenses.c.expires_at.label("unit_expires_at"),
+                dispenses.c.timeout_ms,
+                dispenses.c.order_id,
+            )
+            .outerjoin(dispenses, dispenses.c.id == outbox.c.dispense_id)
+            .where(outbox.c.id.in_(ids))
+            .order_by(outbox.c.id),
+        )
     return [
         OutboxItem(
             r["id"],
@@ -71,6 +94,17 @@ async def pending(ctx: ServiceContext, limit: int = 500) -> list[OutboxItem]:
         )
         for r in rows
     ]
+
+
+async def release(ctx: ServiceContext, items: list[OutboxItem]) -> None:
+    """Give claimed rows back (the broker went away mid-batch) so they go out on reconnect."""
+    if items:
+        async with ctx.engine.begin() as conn:
+            await conn.execute(
+                sa.update(outbox)
+                .where(outbox.c.id.in_([i.id for i in items]), outbox.c.published_at.is_(None))
+                .values(claimed_until=None)
+            )
 
 
 def _sendable(row: RowMapping, now: datetime) -> bool:

@@ -45,10 +45,13 @@ class OutboxPublisher:
             items = await commands.pending(self.ctx)
             if not items:
                 return total
-            sent, complete = await self._publish_batch([i for i in items if i.sendable])
+            sendable = [i for i in items if i.sendable]
+            sent, complete = await self._publish_batch(sendable)
             await commands.mark_done(self.ctx, sent, [i for i in items if not i.sendable])
             total += len(sent)
             if not complete:
+                sent_ids = {i.id for i in sent}
+                await commands.release(self.ctx, [i for i in sendable if i.id not in sent_ids])
                 await self.mqtt.wait_connected(within_s=5)
                 return total
 

@@ -220,6 +220,8 @@ outbox = sa.Table(
     sa.Column("last_error", sa.Text),
     _now_col(),
     sa.Index(None, "published_at", "id"),
+    # A publisher's lease on an unpublished row (migration 0003).
+    sa.Column("claimed_until", UTCDateTime()),
 )
 
 stock_logs = sa.Table(
