@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
 import sqlalchemy as sa
@@ -102,8 +103,7 @@ async def bench_telemetry(cfg: BenchConfig) -> float:
     prefix = "bench" + uuid.uuid4().hex[:6]
     async with _running(_settings(cfg, prefix, 3001)) as container:
         ids = await _seed_machines(container, cfg.machines, 0)
-        async with container.engine.connect() as conn:
-            before = await conn.scalar(sa.select(sa.func.count()).select_from(telemetry)) or 0
+        before = await _count(container, telemetry)
         per = cfg.telemetry_messages // cfg.telemetry_publishers
         total = per * cfg.telemetry_publishers
         start = time.perf_counter()
@@ -159,14 +159,19 @@ async def _run_load_process(*args: str) -> None:
         raise RuntimeError(f"load process {args[0]} failed")
 
 
+async def _count(container: Container, table: sa.Table, *where: Any) -> int:
+    async with container.engine.connect() as conn:
+        stmt = sa.select(sa.func.count()).select_from(table).where(*where)
+        return int(await conn.scalar(stmt) or 0)
+
+
 async def _wait_count(container: Container, target: int, deadline_s: float) -> tuple[int, float]:
     """Poll the row count until `target`, or until it stops growing for 3 s; returns the
     count and when it last grew (so a shortfall does not count idle time as work)."""
     end = time.monotonic() + deadline_s
     count, last_at = 0, time.perf_counter()
     while time.monotonic() < end:
-        async with container.engine.connect() as conn:
-            now = await conn.scalar(sa.select(sa.func.count()).select_from(telemetry)) or 0
+        now = await _count(container, telemetry)
         if now != count:
             count, last_at = now, time.perf_counter()
         if count >= target or time.perf_counter() - last_at > 3:
@@ -218,15 +223,9 @@ async def bench_orders(cfg: BenchConfig) -> tuple[float, int]:
 async def _wait_online(container: Container, ids: list[str], deadline_s: float) -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        async with container.engine.connect() as conn:
-            online = (
-                await conn.scalar(
-                    sa.select(sa.func.count())
-                    .select_from(machines)
-                    .where(machines.c.id.in_(ids), machines.c.status == "ONLINE")
-                )
-                or 0
-            )
+        online = await _count(
+            container, machines, machines.c.id.in_(ids), machines.c.status == "ONLINE"
+        )
         if online == len(ids):
             return
         await asyncio.sleep(0.2)
@@ -259,15 +258,9 @@ async def _wait_final(container: Container, order_ids: list[str], deadline_s: fl
     end = time.monotonic() + deadline_s
     done = 0
     while time.monotonic() < end:
-        async with container.engine.connect() as conn:
-            done = (
-                await conn.scalar(
-                    sa.select(sa.func.count())
-                    .select_from(orders)
-                    .where(orders.c.id.in_(order_ids), orders.c.status == "COMPLETED")
-                )
-                or 0
-            )
+        done = await _count(
+            container, orders, orders.c.id.in_(order_ids), orders.c.status == "COMPLETED"
+        )
         if done >= len(order_ids):
             break
         await asyncio.sleep(0.1)
