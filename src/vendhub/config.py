@@ -13,6 +13,7 @@ DEV_JWT_SECRET = "dev-insecure-jwt-secret-change-me"
 DEV_ADMIN_PASSWORD = "admin123"
 DEV_SANDBOX_SERVER_KEY = "SB-Mid-server-vendhub-sandbox-key"
 EMBEDDED = "embedded"
+ENVIRONMENTS = ("development", "test", "production")
 
 
 class ConfigError(ValueError):
@@ -91,9 +92,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
+        self._check_environment()
         if not self.is_production:
             return self
-        problems = []
+        problems = self._production_problems()
         if not self.jwt_secret or self.jwt_secret == DEV_JWT_SECRET or len(self.jwt_secret) < 16:
             problems.append("JWT_SECRET must be set to a secret of at least 16 characters")
         if not self.admin_password or self.admin_password == DEV_ADMIN_PASSWORD:
@@ -106,9 +108,50 @@ class Settings(BaseSettings):
             raise ConfigError("refusing to start in production: " + "; ".join(problems))
         return self
 
+    def _check_environment(self) -> None:
+        """Fail closed: a misspelt environment (`prod`, `staging`) must not mean development."""
+        given = {
+            name: value.strip().lower()
+            for name, value in (("APP_ENV", self.app_env), ("NODE_ENV", self.node_env))
+            if value is not None
+        }
+        for name, value in given.items():
+            if value not in ENVIRONMENTS:
+                raise ConfigError(
+                    f"{name}={value!r} is not one of {', '.join(ENVIRONMENTS)}; refusing to start"
+                )
+        if len(set(given.values())) > 1:
+            raise ConfigError(
+                f"APP_ENV={given['APP_ENV']!r} and NODE_ENV={given['NODE_ENV']!r} disagree; "
+                "refusing to start"
+            )
+
+    def _production_problems(self) -> list[str]:
+        """What production refuses besides the default secrets: the broker and gateway keys."""
+        problems: list[str] = []
+        if self.embedded_broker:
+            problems.append(
+                "the embedded MQTT broker is for the demo only; set MQTT_BROKER_URL to a broker "
+                "with authentication (see `vendhub broker config`)"
+            )
+        elif not self.mqtt_credentials_set:
+            problems.append("MQTT_USERNAME and MQTT_PASSWORD must be set for the broker")
+        if self.payment_provider == "midtrans":
+            problems += _midtrans_key_problems(
+                self.midtrans_server_key, self.midtrans_client_key, self.midtrans_is_production
+            )
+        return problems
+
+    @property
+    def mqtt_credentials_set(self) -> bool:
+        """Both user and password, from MQTT_USERNAME/MQTT_PASSWORD or the broker URL."""
+        parts = urlsplit(self.mqtt_broker_url.strip())
+        user = self.mqtt_username or parts.username
+        return bool(user and (self.mqtt_password or parts.password))
+
     @property
     def environment(self) -> str:
-        return (self.app_env or self.node_env or "development").lower()
+        return (self.app_env or self.node_env or "development").strip().lower()
 
     @property
     def is_production(self) -> bool:
@@ -149,6 +192,22 @@ class Settings(BaseSettings):
 
     def base_url(self) -> str:
         return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+def _midtrans_key_problems(server_key: str, client_key: str, is_production: bool) -> list[str]:
+    """Midtrans names its keys `[SB-]Mid-server-…` and `[SB-]Mid-client-…`; SB- is sandbox."""
+    problems: list[str] = []
+    want = "production" if is_production else "sandbox"
+    flag = f"MIDTRANS_IS_PRODUCTION={str(is_production).lower()}"
+    if "-client-" in server_key:
+        problems.append("MIDTRANS_SERVER_KEY is a client key, not a server key")
+    elif server_key and server_key.startswith("SB-") == is_production:
+        problems.append(f"MIDTRANS_SERVER_KEY is not a {want} key but {flag}")
+    if client_key and "-server-" in client_key:
+        problems.append("MIDTRANS_CLIENT_KEY is a server key (it would reach browsers)")
+    elif client_key and client_key.startswith("SB-") == is_production:
+        problems.append(f"MIDTRANS_CLIENT_KEY is not a {want} key but {flag}")
+    return problems
 
 
 def default_mqtt_port(scheme: str | None) -> int:

@@ -178,6 +178,36 @@ def test_production_with_the_default_jwt_secret_refuses_to_start(tmp_path: Path)
     assert "Traceback" not in done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("app_env", ["prod", "staging", "production-eu"])
+def test_serve_with_an_unknown_app_env_exits_with_one_line_and_no_traceback(
+    tmp_path: Path, app_env: str
+) -> None:
+    env = sqlite_env(tmp_path, APP_ENV=app_env, PORT=str(free_port()))
+    done = vendhub("serve", env=env, cwd=elsewhere(tmp_path), timeout=30)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert f"APP_ENV='{app_env}' is not one of development, test, production" in line
+
+
+def test_serve_in_production_on_the_embedded_broker_names_every_problem_in_one_line(
+    tmp_path: Path,
+) -> None:
+    env = sqlite_env(
+        tmp_path,
+        NODE_ENV=" Production ",
+        PORT=str(free_port()),
+        PAYMENT_PROVIDER="midtrans",
+        MIDTRANS_SERVER_KEY="SB-Mid-server-abc",
+        MIDTRANS_IS_PRODUCTION="true",
+    )
+    done = vendhub("serve", env=env, cwd=elsewhere(tmp_path), timeout=30)
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    for problem in ("embedded MQTT broker", "JWT_SECRET", "ADMIN_PASSWORD", "MIDTRANS_SERVER_KEY"):
+        assert problem in line
+
+
 def test_vendhub_sim_hands_its_arguments_to_the_simulator(tmp_path: Path) -> None:
     done = vendhub("sim", "--help", env=clean_env(), cwd=elsewhere(tmp_path))
     assert done.returncode == 0, done.stderr

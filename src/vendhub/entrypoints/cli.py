@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from vendhub.config import ConfigError, Settings
 
@@ -34,8 +35,27 @@ def _settings(**overrides: Any) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except (ConfigError, ValueError) as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
+        # One line, never wrapped, no traceback: it ends up in a service manager's log.
+        console.print(
+            f"[red]configuration error:[/red] {escape(config_error_line(exc))}",
+            soft_wrap=True,
+            highlight=False,
+        )
         raise typer.Exit(2) from None
+
+
+def config_error_line(exc: Exception) -> str:
+    """pydantic's multi-line report folded into one line: `FIELD: problem; …`."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return " ".join(str(exc).split())
+    parts = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        where = ".".join(str(p) for p in error["loc"]).upper()
+        parts.append(f"{where}: {message}" if where else message)
+    return " ".join("; ".join(parts).split())
 
 
 def _logging(level: str) -> None:
