@@ -8,6 +8,7 @@ import logging
 import socket
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -27,6 +28,8 @@ mqtt_app = typer.Typer(help="MQTT tools (the seed's test-mqtt.js).", no_args_is_
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(mqtt_app, name="mqtt")
+broker_app = typer.Typer(help="The Mosquitto broker devices connect to.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
 console = Console(stderr=True)
 T = TypeVar("T")
 
@@ -287,6 +290,61 @@ def bench(
     print(f"database: {_redacted(cfg.database_url)}")
     for name, value in figures.items():
         print(f"{name}: {value:.1f}")
+
+
+@broker_app.command("config")
+def broker_config(
+    directory: Annotated[Path, typer.Option("--dir", help="where to write the files")],
+    port: Annotated[int, typer.Option(help="devices' listener")] = 1883,
+    bind: Annotated[str, typer.Option(help="devices' listener address")] = "0.0.0.0",
+    backend_port: Annotated[
+        int | None, typer.Option(help="the backend's listener (default: --port + 1)")
+    ] = None,
+    backend_bind: Annotated[str, typer.Option(help="the backend's listener address")] = "127.0.0.1",
+    user: Annotated[
+        str, typer.Option(help="system user Mosquitto drops to when started as root")
+    ] = "mosquitto",
+) -> None:
+    """Write DIR/mosquitto.conf, password and ACL files from the database's credentials.
+
+    Run it again and send SIGHUP to Mosquitto to apply new or rotated credentials."""
+    from vendhub.adapters.mqtt import mosquitto
+    from vendhub.bootstrap import build, mqtt_config
+    from vendhub.services.broker_credentials import BrokerOptions, broker_layout
+
+    settings = _settings()
+    cfg = mqtt_config(settings)
+    options = BrokerOptions(
+        directory=directory,
+        backend_username=cfg.username or settings.mqtt_username or "",
+        backend_password=cfg.password or settings.mqtt_password or "",
+        backend_client_id=settings.mqtt_client_id,
+        port=port,
+        bind=bind,
+        backend_port=backend_port if backend_port is not None else port + 1,
+        backend_bind=backend_bind,
+        user=user,
+    )
+
+    async def run() -> mosquitto.BrokerLayout:
+        container = build(settings)
+        try:
+            return await broker_layout(container.ctx, options)
+        finally:
+            await container.engine.dispose()
+
+    try:
+        layout = asyncio.run(run())
+        mosquitto.write(layout)
+    except mosquitto.BrokerConfigError as exc:
+        console.print(f"[red]broker config:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(
+        f"wrote {directory / mosquitto.CONF} ({len(layout.machines)} machine login(s)); "
+        f"devices on {bind}:{port}, backend on {backend_bind}:{options.backend_port}; "
+        "after a change send SIGHUP to mosquitto",
+        soft_wrap=True,
+    )
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 from dataclasses import fields
@@ -21,12 +22,31 @@ def _fault(text: str) -> tuple[str, float]:
     return name, float(value)
 
 
+def _credentials(path: str) -> dict[str, str]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read credentials {path}: {exc}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise argparse.ArgumentTypeError(f'{path}: expected {{"machineId": "password", …}}')
+    return data
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vendhub sim", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
-    p.add_argument("--username")
-    p.add_argument("--password")
+    p.add_argument("--username", help="one login for every machine")
+    p.add_argument("--password", help="without --username: username = machine id")
+    p.add_argument(
+        "--credentials",
+        type=_credentials,
+        default={},
+        metavar="FILE",
+        help='JSON {"machineId": "password", …}: each machine logs in as itself',
+    )
     p.add_argument("--tls", action="store_true")
     p.add_argument("--prefix", default="vm")
     p.add_argument("--machines", type=int, default=1, help="how many, named by --id-pattern")
@@ -49,6 +69,7 @@ def _options(args: argparse.Namespace) -> SimOptions:
         port=args.port,
         username=args.username,
         password=args.password,
+        credentials=args.credentials,
         tls=args.tls,
         prefix=args.prefix,
         machine_ids=[i for i in (args.ids or "").split(",") if i],

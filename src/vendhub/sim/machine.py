@@ -175,11 +175,12 @@ class SimulatedMachine:
 
     def _make_client(self) -> aiomqtt.Client:
         options = self.options
+        username, password = options.login(self.machine_id)
         return aiomqtt.Client(
             options.host,
             options.port,
-            username=options.username,
-            password=options.password,
+            username=username,
+            password=password,
             identifier=f"vm-{self.machine_id}",
             clean_session=False,
             keepalive=KEEPALIVE_S,

@@ -51,6 +51,8 @@ class SimOptions:
     port: int = 1883
     username: str | None = None
     password: str | None = None
+    # Per-machine broker passwords (username = machine id), as `POST …/credentials` issues them.
+    credentials: dict[str, str] = field(default_factory=dict)
     tls: bool = False
     prefix: str = "vm"
     machine_ids: list[str] = field(default_factory=list)
@@ -66,6 +68,14 @@ class SimOptions:
     slots: int = 6
     stock_per_slot: int | None = None  # None: slots never run empty
     fw: str = "sim-1.0"
+
+    def login(self, machine_id: str) -> tuple[str | None, str | None]:
+        """The machine's own login if it has one; a password alone means username = id."""
+        if machine_id in self.credentials:
+            return machine_id, self.credentials[machine_id]
+        if self.password is not None and self.username is None:
+            return machine_id, self.password
+        return self.username, self.password
 
     def resolved_ids(self) -> list[str]:
         if self.machine_ids:

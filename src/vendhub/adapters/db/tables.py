@@ -306,3 +306,14 @@ users = sa.Table(
     sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.true()),
     _now_col(),
 )
+
+# One MQTT login per machine (username = machine id); only Mosquitto's hash of the password.
+machine_credentials = sa.Table(
+    "machine_credentials",
+    metadata,
+    sa.Column("machine_id", sa.String(50), sa.ForeignKey("machines.id"), primary_key=True),
+    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("generation", sa.Integer, nullable=False, server_default="1"),
+    _now_col(),
+    _now_col("rotated_at"),
+)

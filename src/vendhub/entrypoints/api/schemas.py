@@ -250,3 +250,10 @@ class TestCommand(BaseModel):
 class PaymentUpdate(BaseModel):
     model_config = Strict
     status: Literal["SUCCESS", "PAID", "PENDING", "FAILED", "EXPIRED", "CANCELLED"]
+
+
+class MachineCredentials(BaseModel):
+    """A machine's MQTT login, shown once (username = machine id)."""
+
+    username: str
+    password: str

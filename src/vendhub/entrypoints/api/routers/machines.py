@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Response
 
 from vendhub.entrypoints.api.deps import AdminUser, CtxDep, CurrentUser, TechUser
 from vendhub.entrypoints.api.schemas import (
     MachineCreate,
+    MachineCredentials,
     MachinePublic,
     MachineUpdate,
     SlotPublic,
     SlotUpdate,
 )
-from vendhub.services import catalog
+from vendhub.services import broker_credentials, catalog
 
 router = APIRouter(prefix="/api/machines", tags=["machines"])
 SlotNumber = Path(ge=1, le=1000)
@@ -64,3 +65,13 @@ async def put_slot(
 async def push_config(machine_id: str, ctx: CtxDep, _: TechUser) -> dict[str, Any]:
     config = await catalog.push_config(ctx, machine_id)
     return {"success": True, "config": config.model_dump(by_alias=True)}
+
+
+@router.post("/{machine_id}/credentials")
+async def issue_credentials(
+    machine_id: str, ctx: CtxDep, _: AdminUser, response: Response
+) -> MachineCredentials:
+    """Issue or rotate the machine's MQTT password; shown only in this response."""
+    issued = await broker_credentials.issue_machine_credentials(ctx, machine_id)
+    response.headers["Cache-Control"] = "no-store"
+    return MachineCredentials(username=issued.username, password=issued.password)
