@@ -132,6 +132,7 @@ class Sim:
     process: subprocess.Popen[bytes] | None = None
     port: int = MQTT_PORT
     seed: int | None = None
+    extra: list[str] = field(default_factory=list)  # more `vendhub sim` options
 
     def start(self) -> None:
         args = [
@@ -157,6 +158,7 @@ class Sim:
             args += ["--fault", fault]
         if self.seed is not None:
             args += ["--seed", str(self.seed)]
+        args += self.extra
         log = self.workdir / f"sim-{'-'.join(self.machine_ids)}.log"
         with log.open("ab") as out:
             self.process = subprocess.Popen(
