@@ -16,8 +16,10 @@ need_pkg() {
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2") >/dev/null
 }
 
+# Tests also start private brokers (`mosquitto -c`) and make a self-signed certificate.
+need_pkg mosquitto mosquitto
+need_pkg openssl openssl
 if ! port_open 1883; then
-  need_pkg mosquitto mosquitto
   echo "services: starting Mosquitto"
   mosquitto -d -c /etc/mosquitto/mosquitto.conf
 fi

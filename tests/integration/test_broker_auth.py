@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiomqtt
@@ -205,3 +207,56 @@ async def test_a_stolen_backend_client_id_does_not_get_the_backend_s_session(
         await backend.subscribe(f"{fleet.prefix}/+/dispense_result", qos=1)
         got = [(await first_message(backend)).payload for _ in range(5)]
     assert got == [f'{{"n":{n}}}'.encode() for n in range(5)]
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subject = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            *subject,
+            *files,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_with_a_certificate_devices_must_speak_tls(fleet: Fleet, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    options = replace(
+        fleet.options,
+        directory=tmp_path / "tls-broker",
+        port=free_port(),
+        backend_port=free_port(),
+        certfile=cert,
+        keyfile=key,
+    )
+    mosquitto.write(await broker_layout(fleet.ctx, options))
+    broker = PrivateMosquitto(options.directory, options.port, options.backend_port)
+    broker.start()
+    try:
+        trusted = ssl.create_default_context(cafile=str(cert))
+        tls_device = aiomqtt.Client(
+            "127.0.0.1",
+            options.port,
+            username="VMA",
+            password=fleet.passwords["VMA"],
+            tls_context=trusted,
+            timeout=10,
+        )
+        async with tls_device:
+            pass
+        assert not await can_connect(options.port, "VMA", fleet.passwords["VMA"])  # plain TCP
+    finally:
+        broker.stop()

@@ -37,6 +37,7 @@ def test_defaults_are_the_embedded_development_setup() -> None:
     assert s.port == 3001
     assert s.resolved_database_url == "sqlite+aiosqlite:///vendhub.db"
     assert s.embedded_broker and not s.is_production and s.debug_enabled
+    assert s.mqtt_embedded_bind == "127.0.0.1"  # the demo broker is not on the network
 
 
 def test_seed_db_variables_build_a_mysql_url(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -128,3 +128,15 @@ def test_a_credentials_file_that_is_not_a_json_object_of_strings_is_refused(
     creds.write_text('{"VM01": 5}')
     with pytest.raises(SystemExit):
         _parser().parse_args(["--credentials", str(creds)])
+
+
+def test_a_certificate_makes_the_device_listener_tls_and_needs_its_key(tmp_path: Path) -> None:
+    conf = mosquitto.render(
+        layout(tmp_path, certfile=tmp_path / "c.pem", keyfile=tmp_path / "k.pem")
+    )[mosquitto.CONF]
+    device = conf.split("listener 1883")[1].split("listener 1884")[0]
+    assert f"certfile {tmp_path.resolve() / 'c.pem'}" in device
+    assert f"keyfile {tmp_path.resolve() / 'k.pem'}" in device
+    assert "certfile" not in mosquitto.render(layout(tmp_path))[mosquitto.CONF]
+    with pytest.raises(mosquitto.BrokerConfigError, match="both"):
+        layout(tmp_path, certfile=tmp_path / "c.pem")

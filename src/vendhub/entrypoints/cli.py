@@ -304,6 +304,10 @@ def broker_config(
     user: Annotated[
         str, typer.Option(help="system user Mosquitto drops to when started as root")
     ] = "mosquitto",
+    certfile: Annotated[
+        Path | None, typer.Option(help="PEM certificate: devices connect with mqtts://")
+    ] = None,
+    keyfile: Annotated[Path | None, typer.Option(help="PEM key of --certfile")] = None,
 ) -> None:
     """Write DIR/mosquitto.conf, password and ACL files from the database's credentials.
 
@@ -324,6 +328,8 @@ def broker_config(
         backend_port=backend_port if backend_port is not None else port + 1,
         backend_bind=backend_bind,
         user=user,
+        certfile=certfile,
+        keyfile=keyfile,
     )
 
     async def run() -> mosquitto.BrokerLayout:

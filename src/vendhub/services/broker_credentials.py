@@ -76,6 +76,8 @@ class BrokerOptions:
     backend_port: int = 1884
     backend_bind: str = "127.0.0.1"
     user: str = "mosquitto"
+    certfile: Path | None = None
+    keyfile: Path | None = None
 
 
 async def broker_layout(ctx: ServiceContext, options: BrokerOptions) -> mosquitto.BrokerLayout:
@@ -116,4 +118,6 @@ async def broker_layout(ctx: ServiceContext, options: BrokerOptions) -> mosquitt
         backend_port=options.backend_port,
         backend_bind=options.backend_bind,
         user=options.user,
+        certfile=options.certfile,
+        keyfile=options.keyfile,
     )

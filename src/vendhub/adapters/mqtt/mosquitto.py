@@ -79,8 +79,13 @@ class BrokerLayout:
     backend_bind: str = "127.0.0.1"
     # Mosquitto started as root drops to this user, which must read the password files.
     user: str = "mosquitto"
+    # PEM files: with both, the device listener speaks TLS only (mqtts://).
+    certfile: Path | None = None
+    keyfile: Path | None = None
 
     def __post_init__(self) -> None:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise BrokerConfigError("TLS needs both a certificate and its key")
         if self.port == self.backend_port:
             raise BrokerConfigError("the device and backend listeners need different ports")
         names = (self.prefix, self.backend_username, self.bind, self.backend_bind, self.user)
@@ -92,6 +97,9 @@ class BrokerLayout:
 def render(layout: BrokerLayout) -> dict[str, str]:
     """File name → content, for everything `mosquitto -c DIR/mosquitto.conf` needs."""
     d = layout.directory.resolve()
+    tls = ""
+    if layout.certfile is not None and layout.keyfile is not None:
+        tls = f"certfile {layout.certfile.resolve()}\nkeyfile {layout.keyfile.resolve()}\n"
     conf = f"""# Written by `vendhub broker config`; run it again (then SIGHUP) instead of editing.
 per_listener_settings true
 user {layout.user}
@@ -109,7 +117,7 @@ allow_anonymous false
 use_username_as_clientid true
 password_file {d / DEVICE_PASSWORDS}
 acl_file {d / DEVICE_ACL}
-
+{tls}
 # The backend only (MQTT_USERNAME): {layout.prefix}/#. Its client ids are its own to choose
 # (one per replica), and only this listener's password file knows its user.
 listener {layout.backend_port} {layout.backend_bind}
