@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,7 +11,11 @@ import pytest
 from tests.integration.helpers import api_client, assert_error, bearer, quick_shop, rows
 from vendhub.adapters.db.tables import machine_credentials
 from vendhub.adapters.mqtt import mosquitto
-from vendhub.services.broker_credentials import issue_machine_credentials
+from vendhub.services.broker_credentials import (
+    BrokerOptions,
+    broker_layout,
+    issue_machine_credentials,
+)
 from vendhub.services.context import ServiceContext
 from vendhub.services.errors import NotFound
 
@@ -68,3 +74,24 @@ async def test_admin_gets_the_password_once_and_no_one_else_gets_any(
         assert_error(missing, 404, "not_found")
         [row] = await rows(container.ctx, machine_credentials)
         assert row["generation"] == 2
+
+
+async def test_the_broker_layout_has_every_machine_login_but_none_named_like_the_backend(
+    ctx: ServiceContext, tmp_path: Path
+) -> None:
+    for machine_id in ("VM01", "VM02", "vendhub-backend-2"):
+        await quick_shop(ctx, machine_id=machine_id)
+        await issue_machine_credentials(ctx, machine_id)
+    await quick_shop(ctx, machine_id="VM03")  # no credentials issued: no login
+    options = BrokerOptions(
+        directory=tmp_path,
+        backend_username="vendhub",
+        backend_password="backend-secret",
+        backend_client_id="vendhub-backend",
+    )
+    layout = await broker_layout(ctx, options)
+    # On the device listener a client id is the username: this one would be a replica's.
+    assert [m for m, _ in layout.machines] == ["VM01", "VM02"]
+    assert mosquitto.verify_password("backend-secret", layout.backend_password_hash)
+    with pytest.raises(mosquitto.BrokerConfigError, match="MQTT_USERNAME and MQTT_PASSWORD"):
+        await broker_layout(ctx, replace(options, backend_password=""))
