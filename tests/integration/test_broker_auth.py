@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import os
+import pwd
+import shutil
 import ssl
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +34,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.parametrize("backend", ["sqli
 
 BACKEND_USER, BACKEND_PASSWORD = "vendhub", "backend-secret"
 WAIT_S = 10.0  # bound for one expected message
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 @dataclass
@@ -260,3 +272,33 @@ async def test_with_a_certificate_devices_must_speak_tls(fleet: Fleet, tmp_path:
         assert not await can_connect(options.port, "VMA", fleet.passwords["VMA"])  # plain TCP
     finally:
         broker.stop()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not _has_user("mosquitto"), reason="needs root and a mosquitto user"
+)
+async def test_started_as_root_mosquitto_drops_to_its_user_and_still_reads_the_files(
+    fleet: Fleet,
+) -> None:
+    # Outside pytest's private (0700) temp tree: the mosquitto user must reach the files.
+    directory = Path(tempfile.mkdtemp(prefix="vendhub-broker-"))
+    os.chmod(directory, 0o755)
+    try:
+        options = replace(
+            fleet.options,
+            directory=directory,
+            port=free_port(),
+            backend_port=free_port(),
+            user="mosquitto",  # the default of `vendhub broker config`
+        )
+        mosquitto.write(await broker_layout(fleet.ctx, options))
+        assert os.stat(directory / mosquitto.DEVICE_PASSWORDS).st_mode & 0o077 == 0
+        broker = PrivateMosquitto(directory, options.port, options.backend_port)
+        broker.start()
+        try:
+            assert await can_connect(options.port, "VMA", fleet.passwords["VMA"])
+            assert await can_connect(options.backend_port, BACKEND_USER, BACKEND_PASSWORD)
+        finally:
+            broker.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
