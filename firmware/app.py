@@ -36,6 +36,7 @@ class App:
         self.dispenser = hw.Dispenser()
         self.maintenance = hw.MaintenanceSwitch()
         self.thermometer = hw.Thermometer()
+        self.led = hw.output(config.STATUS_LED_PIN)  # lit while connected to the broker
         self.wifi = net.Wifi()
         self.client = None
         self.inbox = []
@@ -117,10 +118,11 @@ class App:
                 self.device.finish_dispense(command_id, success, dropped, duration_ms, error, now),
                 now,
             )
+        self.led.value(1 if self.client is not None else 0)
         if not self.wifi.ensure(now):
             self._drop("wifi down")
             return
-        if not self.clock_set and now >= self.next_ntp:
+        if now >= self.next_ntp:
             self._sync_time(now)
         if self.client is None:
             if now < self.reconnect_at:
@@ -160,12 +162,14 @@ class App:
                 self._run(actions, now)
 
     def _sync_time(self, now):
+        # Until the first success every NTP_RETRY_S; then every NTP_RESYNC_S against RTC drift.
         try:
             net.sync_time()
             self.clock_set = hw.wall_s() is not None
         except Exception as exc:
             log("ntp failed:", exc)
-        self.next_ntp = now + config.NTP_RETRY_S * 1000
+        interval = config.NTP_RESYNC_S if self.clock_set else config.NTP_RETRY_S
+        self.next_ntp = now + interval * 1000
 
     def _telemetry(self, now):
         if now < self.next_telemetry:

@@ -12,7 +12,8 @@ MQTT_PASSWORD = ""  # this machine's broker password
 MQTT_PREFIX = "vm"
 MQTT_KEEPALIVE_S = 30  # protocol.md: at most 30
 NTP_HOST = "pool.ntp.org"
-NTP_RETRY_S = 60
+NTP_RETRY_S = 60  # until the clock is set
+NTP_RESYNC_S = 21600  # afterwards, against RTC drift
 
 # --- pins (ESP32 DevKitC; see README.md for the wiring drawing) ------------------------
 # Slot number -> GPIO driving that spiral's motor through one ULN2803 channel.

@@ -30,6 +30,18 @@ def free_mem():
     return mem_free() if mem_free is not None else None
 
 
+class _NoPin:
+    def value(self, v=None):
+        return 0
+
+
+def output(pin):
+    """An output pin, or a stand-in that ignores writes when the pin is not fitted (None)."""
+    if pin is None:
+        return _NoPin()
+    return machine.Pin(pin, machine.Pin.OUT, value=0)
+
+
 class Clock:
     """Milliseconds since boot that never wrap (ticks_ms wraps after about 12 days)."""
 
