@@ -44,6 +44,13 @@ class World:
             sensor._drive(1)
 
 
+    def turn_key(self, pin_id):
+        """The technician turns the maintenance key switch (closed = LOW)."""
+        pin = Pin._pins.get(pin_id)
+        if pin is not None:
+            pin._drive(0 if pin.value() else 1)
+
+
 WORLD = World()
 
 

@@ -87,6 +87,10 @@ def main(argv=None):
     def stop(signum, frame):
         firmware.running = False
 
+    def turn_key(signum, frame):
+        machine.WORLD.turn_key(config.MAINTENANCE_SWITCH_PIN)
+
+    signal.signal(signal.SIGUSR1, turn_key)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     app.log("host firmware", firmware.device.fw, "machine", args.machine, "pid", os.getpid())

@@ -139,3 +139,20 @@ async def test_a_killed_host_firmware_goes_offline_through_its_last_will(
     stop(proc, signal.SIGKILL)
     # No DISCONNECT was sent: the broker publishes the Will once the socket closes.
     assert (await backend.next("status", within=60))["status"] == "OFFLINE"
+
+
+async def test_the_maintenance_key_switches_the_retained_status_and_refuses_vends(
+    backend: Backend, firmware: Callable[[], subprocess.Popen[bytes]]
+) -> None:
+    proc = firmware()
+    online = await backend.next("status", status="ONLINE")
+    proc.send_signal(signal.SIGUSR1)  # the host stand-in turns the key switch
+    maintenance = await backend.next("status", status="MAINTENANCE")
+    assert maintenance["bootId"] == online["bootId"]
+    await backend.command(dispense("K1"))
+    refused = await backend.next("dispense_result", commandId="K1")
+    assert refused["error"] == "BUSY" and refused["success"] is False
+    proc.send_signal(signal.SIGUSR1)
+    await backend.next("status", status="ONLINE")
+    await backend.command(dispense("K2"))
+    assert (await backend.next("dispense_result", commandId="K2"))["dropDetected"] is True
