@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +18,8 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from tests.conftest import MQTT_HOST, MQTT_PORT, unique
+from tests.conftest import MQTT_HOST, MQTT_PORT, free_port, unique
+from vendhub.devicecheck.__main__ import main as devicecheck_main
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -66,6 +69,15 @@ async def backend() -> AsyncIterator[Backend]:
         pass  # drops the device's persistent session
 
 
+def launch(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["bash", str(ROOT / "firmware" / "run-host.sh"), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+
+
 @pytest.fixture
 def firmware(backend: Backend, tmp_path: Path) -> Any:
     procs: list[subprocess.Popen[bytes]] = []
@@ -73,12 +85,7 @@ def firmware(backend: Backend, tmp_path: Path) -> Any:
     def start() -> subprocess.Popen[bytes]:
         args = ["--broker", BROKER, "--prefix", backend.prefix, "--machine", MACHINE]
         args += ["--state-dir", str(tmp_path / "flash"), "--telemetry-interval", "5"]
-        proc = subprocess.Popen(
-            ["bash", str(ROOT / "firmware" / "run-host.sh"), *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHON": sys.executable},
-        )
+        proc = launch(args)
         procs.append(proc)
         return proc
 
@@ -156,3 +163,73 @@ async def test_the_maintenance_key_switches_the_retained_status_and_refuses_vend
     await backend.next("status", status="ONLINE")
     await backend.command(dispense("K2"))
     assert (await backend.next("dispense_result", commandId="K2"))["dropDetected"] is True
+
+
+@pytest.fixture
+def password_broker(tmp_path: Path) -> Any:
+    """A private Mosquitto with per-machine passwords and an ACL of each machine's own topics."""
+    port = free_port()
+    passwords = tmp_path / "passwd"
+    for user, password in (("backend", "be-secret"), (MACHINE, "fw-secret")):
+        subprocess.run(
+            [
+                "mosquitto_passwd",
+                "-b",
+                *(["-c"] if user == "backend" else []),
+                passwords,
+                user,
+                password,
+            ],
+            check=True,
+            capture_output=True,
+        )
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "user backend\ntopic readwrite #\n"
+        "pattern read vm/%u/command\npattern read vm/%u/config\n"
+        "pattern write vm/%u/status\npattern write vm/%u/dispense_result\n"
+        "pattern write vm/%u/telemetry\n"
+    )
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        # Run as us: started as root, Mosquitto would drop to a user who cannot read tmp_path.
+        f"user {getpass.getuser()}\nlistener {port} 127.0.0.1\nallow_anonymous false\n"
+        f"password_file {passwords}\nacl_file {acl}\n"
+    )
+    log = (tmp_path / "mosquitto.log").open("wb")
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=log, stderr=log)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def test_the_host_firmware_logs_in_as_its_machine_id_with_its_password(
+    password_broker: int, tmp_path: Path
+) -> None:
+    port = password_broker
+    args = ["--broker", f"mqtt://127.0.0.1:{port}", "--prefix", "vm", "--machine", MACHINE]
+    args += ["--password", "fw-secret", "--state-dir", str(tmp_path / "flash")]
+    proc = launch(args)
+    try:
+        async with aiomqtt.Client(
+            "127.0.0.1", port, username="backend", password="be-secret", identifier="be"
+        ) as client:
+            await client.subscribe(f"vm/{MACHINE}/+", qos=1)
+            backend = Backend(client, "vm")
+            pump = asyncio.create_task(backend.pump())
+            await backend.next("status", status="ONLINE")
+            await backend.command(dispense("P1"))
+            assert (await backend.next("dispense_result", commandId="P1"))["dropDetected"]
+            pump.cancel()
+    finally:
+        stop(proc, signal.SIGTERM)
+    wrong = ["--broker", f"mqtt://backend:nope@127.0.0.1:{port}", "--prefix", "vm"]
+    assert await asyncio.to_thread(devicecheck_main, [*wrong, "--machine", MACHINE]) == 2
