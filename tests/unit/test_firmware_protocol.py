@@ -16,7 +16,7 @@ FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
 def _firmware_tests() -> list[tuple[str, Callable[[], None]]]:
     for path in (FIRMWARE, FIRMWARE / "tests"):
         if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
+            sys.path.append(str(path))  # appended: firmware/config.py must not shadow anything
     module = importlib.import_module("test_vendproto")
     return [
         (name, getattr(module, name)) for name in sorted(dir(module)) if name.startswith("test_")
