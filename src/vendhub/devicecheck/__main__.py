@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import TextIO
 
 import aiomqtt
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from vendhub.devicecheck.checks import Report, run_checks
@@ -39,13 +41,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def render(report: Report, console: Console) -> None:
+def render(report: Report, file: TextIO | None = None) -> None:
+    """The header line, one unwrapped table row per check, and the count of passes."""
+    table = _table(report)
+    # As wide as the table needs, whatever the terminal: rows are read in CI logs too.
+    wide = Console(width=10_000)
+    width = Measurement.get(wide, wide.options, table).maximum
+    console = Console(file=file, width=max(width, 80))
     target = report.target
     console.print(
         f"device {target.machine_id} on {target.host}:{target.port} prefix {target.prefix}: "
         f"fw={report.fw or '?'} bootId={report.boot_id or '?'}",
         soft_wrap=True,
     )
+    console.print(table)
+    passed = sum(o.passed is True for o in report.outcomes)
+    console.print(f"{passed}/{len(report.outcomes)} checks passed", soft_wrap=True)
+
+
+def _table(report: Report) -> Table:
     table = Table(show_lines=False)
     table.add_column("check", no_wrap=True)
     table.add_column("obligation", no_wrap=True)
@@ -60,9 +74,7 @@ def render(report: Report, console: Console) -> None:
             f"[{styles[verdict]}]{verdict}[/]",
             outcome.detail,
         )
-    console.print(table)
-    passed = sum(o.passed is True for o in report.outcomes)
-    console.print(f"{passed}/{len(report.outcomes)} checks passed", soft_wrap=True)
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     except aiomqtt.MqttError as exc:
         err.print(f"cannot use the broker at {target.host}:{target.port}: {exc}", soft_wrap=True)
         return EXIT_USAGE
-    # Wide enough that no row wraps: the table is read in CI logs as well as terminals.
-    render(report, Console(width=max(Console().width, 240)))
+    render(report)
     return EXIT_PASS if report.passed else EXIT_FAIL
 
 
