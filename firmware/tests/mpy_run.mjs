@@ -13,7 +13,9 @@ const mp = await loadMicroPython({
 });
 // The firmware's pure module and its tests, copied into MicroPython's own file system.
 mp.FS.mkdir("/fw");
+const board = ["config.py", "hw.py", "net.py", "app.py", "main.py"];
 const files = [["vendproto.py", join(firmware, "vendproto.py")]];
+for (const name of board) files.push([name, join(firmware, name)]);
 for (const name of readdirSync(join(firmware, "tests"))) {
   if (name.endsWith(".py")) files.push([name, join(firmware, "tests", name)]);
 }
@@ -24,5 +26,6 @@ sys.path.insert(0, "/fw")
 print("MicroPython %s (%s)" % (".".join(str(n) for n in sys.implementation.version[:3]), sys.version))
 import run_tests
 failures = run_tests.main()
+failures += run_tests.compile_all("/fw", ${JSON.stringify(board)})
 `);
 process.exitCode = mp.globals.get("failures") === 0 ? 0 : 1;

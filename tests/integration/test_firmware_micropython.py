@@ -28,4 +28,6 @@ def test_the_firmware_tests_pass_under_micropython_and_the_version_is_printed() 
     source = (FIRMWARE / "tests" / "test_vendproto.py").read_text()
     expected = len(re.findall(r"^def test_", source, re.M))
     assert f"{expected} passed, 0 failed" in done.stdout, done.stdout
+    # The board glue needs `machine`, which this port lacks: MicroPython compiles it at least.
+    assert "compiled 5 board modules, 0 failed" in done.stdout, done.stdout
     assert "FAIL" not in done.stdout
