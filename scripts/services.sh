@@ -33,4 +33,7 @@ if ! port_open 3306; then
   echo "services: starting MariaDB"
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
 fi
+# firmware/test-micropython.sh runs the firmware's tests under MicroPython's WebAssembly port.
+need_pkg node nodejs
+need_pkg npm npm
 wait_port 1883 && wait_port 5432 && wait_port 3306

@@ -230,6 +230,22 @@ def test_config_is_applied_only_if_its_version_is_newer() -> None:
     assert isinstance(decision, StartDispense) and decision.motor_ms == 1200
 
 
+def test_a_config_for_another_machine_is_not_applied() -> None:
+    logic = new_logic()
+    other = json.loads(config(9))
+    other["machineId"] = "VM02"
+    assert not logic.handle_config(json.dumps(other).encode())
+    assert logic.config is None
+
+
+def test_a_dispense_with_a_string_or_boolean_slot_is_dropped() -> None:
+    logic = new_logic()
+    for slot in ('"1"', "true"):
+        payload = dispense().replace(b'"slot": 1', f'"slot": {slot}'.encode())
+        assert isinstance(logic.handle_command(payload, NOW), Ignored)
+    assert isinstance(logic.handle_command(b'{"cmd":"ack","commandId":5}', NOW), Ignored)
+
+
 def test_the_applied_config_version_survives_a_reboot(tmp_path: Path) -> None:
     store = FlashStore.for_machine(tmp_path, "VM01")
     assert new_logic(store).handle_config(config(7))

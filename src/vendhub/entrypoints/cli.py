@@ -256,6 +256,17 @@ def sim(ctx: typer.Context) -> None:
     sim_main(list(ctx.args))
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def devicecheck(ctx: typer.Context) -> None:
+    """Check a live device against protocol.md (see `vendhub devicecheck --help`)."""
+    from vendhub.devicecheck.__main__ import main as devicecheck_main
+
+    raise typer.Exit(devicecheck_main(list(ctx.args)))
+
+
 @app.command()
 def bench(
     database_url: Annotated[

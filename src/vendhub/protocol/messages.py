@@ -168,9 +168,9 @@ def decode_object(payload: bytes) -> dict[str, Any]:
 M = TypeVar("M", bound=BaseModel)
 
 
-def _validate(model: type[M], data: dict[str, Any]) -> M:
+def _validate(model: type[M], data: dict[str, Any], *, strict: bool | None = None) -> M:
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as exc:
         raise InvalidPayload(_summarise(exc)) from None
 
@@ -201,10 +201,11 @@ def parse_command(payload: bytes) -> DispenseCommand | AckCommand | SyncCommand:
     """Used by devices (the simulator): what the backend sent on `command`."""
     data = decode_object(payload)
     cmd = data.get("cmd")
+    # Strict: a device must not vend "1" or true as slot 1 (protocol.md, malformed commands).
     if cmd == "dispense":
-        return _validate(DispenseCommand, data)
+        return _validate(DispenseCommand, data, strict=True)
     if cmd == "ack":
-        return _validate(AckCommand, data)
+        return _validate(AckCommand, data, strict=True)
     if cmd == "sync":
         return SyncCommand()
     raise InvalidPayload(f"unknown cmd {cmd!r}")

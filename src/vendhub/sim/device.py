@@ -367,6 +367,9 @@ class DeviceLogic:
         except InvalidPayload as exc:
             logger.warning("%s: config dropped: %s", self.machine_id, exc)
             return False
+        if config.machine_id != self.machine_id:
+            logger.warning("%s: config for %s dropped", self.machine_id, config.machine_id)
+            return False
         if self.config is not None and config.version <= self.config.version:
             return False
         self.config = config

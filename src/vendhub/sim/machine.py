@@ -208,7 +208,14 @@ class SimulatedMachine:
                 self._client = None
 
     def _status_payload(self) -> bytes:
-        body = {"status": "ONLINE", "fw": self.options.fw, "bootId": self.boot_id}
+        body: dict[str, str | int] = {
+            "status": "ONLINE",
+            "fw": self.options.fw,
+            "bootId": self.boot_id,
+        }
+        if self.logic.config is not None:
+            # protocol.md: the retained status names the config version the device applied.
+            body["configVersion"] = self.logic.config.version
         return json.dumps(body, separators=(",", ":")).encode()
 
     async def _serve(self, client: aiomqtt.Client) -> None:
@@ -225,7 +232,7 @@ class SimulatedMachine:
                 if message.topic.matches(self.topic(TopicKind.COMMAND)):
                     await self._on_command(data)
                 elif message.topic.matches(self.topic(TopicKind.CONFIG)):
-                    self._on_config(data)
+                    await self._on_config(data)
         finally:
             for task in helpers:
                 task.cancel()
@@ -270,10 +277,11 @@ class SimulatedMachine:
             self.stats.expired += error == "EXPIRED"
             self.stats.busy += error == "BUSY"
 
-    def _on_config(self, payload: bytes) -> None:
+    async def _on_config(self, payload: bytes) -> None:
         if self.logic.handle_config(payload):
             self.stats.configs_applied += 1
             logger.info("%s: config applied", self.machine_id)
+            await self._publish(self.topic(TopicKind.STATUS), self._status_payload(), retain=True)
 
     # --- motor ----------------------------------------------------------------------------
 
@@ -346,12 +354,14 @@ class SimulatedMachine:
             if await self._publish(self.topic(TopicKind.DISPENSE_RESULT), result.to_payload()):
                 self.stats.results_published += 1
 
-    async def _publish(self, name: str, payload: bytes, qos: int = 1) -> bool:
+    async def _publish(
+        self, name: str, payload: bytes, qos: int = 1, *, retain: bool = False
+    ) -> bool:
         client = self._client
         if client is None:
             return False
         try:
-            await client.publish(name, payload, qos=qos)
+            await client.publish(name, payload, qos=qos, retain=retain)
         except aiomqtt.MqttError as exc:
             logger.debug("%s: publish to %s failed: %s", self.machine_id, name, exc)
             return False
