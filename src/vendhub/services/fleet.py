@@ -10,9 +10,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from vendhub.adapters.db.tables import machine_events, machines, slots, telemetry
-from vendhub.protocol.messages import StatusMessage, SyncCommand, Telemetry
+from vendhub.protocol.messages import PresenceStatus, StatusMessage, SyncCommand, Telemetry
 from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import dispatch_next, lock_machine
+from vendhub.services.errors import NotFound
 from vendhub.services.outbox import enqueue
 
 log = logging.getLogger(__name__)
@@ -169,3 +170,21 @@ async def mark_silent_machines_offline(ctx: ServiceContext) -> list[str]:
             )
         log.warning("machine %s marked OFFLINE: nothing heard since its last heartbeat", machine_id)
     return silent
+
+
+async def set_status_by_operator(
+    ctx: ServiceContext,
+    machine_id: str,
+    status: PresenceStatus,
+    username: str | None,
+    reason: str | None = None,
+) -> bool:
+    """An operator's status (e.g. MAINTENANCE) takes the path a device's own status takes."""
+    async with ctx.engine.connect() as conn:
+        known = await conn.scalar(sa.select(machines.c.id).where(machines.c.id == machine_id))
+    if known is None:
+        raise NotFound(f"machine {machine_id} not found")
+    log.info(
+        "machine %s set %s by operator %s (%s)", machine_id, status.value, username, reason or "-"
+    )
+    return await apply_status(ctx, machine_id, StatusMessage(status=status))
