@@ -103,6 +103,7 @@ class OrderSummaryView(View):
     total_amount: int
     refunded_amount: int
     payment_method: str | None
+    customer_phone: str | None  # operators only: this list needs a bearer token
     expires_at: datetime
     paid_at: datetime | None
     dispensed_at: datetime | None
