@@ -16,7 +16,7 @@ from vendhub.services.errors import Conflict, InvalidRequest, NotFound
 from vendhub.services.ids import new_id
 from vendhub.services.outbox import enqueue
 from vendhub.services.rows import every, first
-from vendhub.services.views import ProductView
+from vendhub.services.views import MachineView, ProductView, SlotView
 
 MACHINE_FIELDS = ("name", "location", "is_active", "telemetry_interval_s")
 PRODUCT_FIELDS = ("name", "description", "category", "price", "image_url", "is_active")
@@ -27,21 +27,21 @@ def _available(row: Any) -> int:
     return int(row["current_stock"]) - int(row["reserved"])
 
 
-async def list_machines(ctx: ServiceContext) -> list[dict[str, Any]]:
+async def list_machines(ctx: ServiceContext) -> list[MachineView]:
     async with ctx.engine.connect() as conn:
-        rows = (await conn.execute(sa.select(machines).order_by(machines.c.id))).mappings()
-        return [dict(r) for r in rows]
+        rows = await every(conn, sa.select(machines).order_by(machines.c.id))
+    return [MachineView.model_validate(r) for r in rows]
 
 
-async def get_machine(ctx: ServiceContext, machine_id: str) -> dict[str, Any]:
+async def get_machine(ctx: ServiceContext, machine_id: str) -> MachineView:
     async with ctx.engine.connect() as conn:
         row = await first(conn, sa.select(machines).where(machines.c.id == machine_id))
     if row is None:
         raise NotFound(f"machine {machine_id} not found")
-    return dict(row)
+    return MachineView.model_validate(row)
 
 
-async def create_machine(ctx: ServiceContext, data: dict[str, Any]) -> dict[str, Any]:
+async def create_machine(ctx: ServiceContext, data: dict[str, Any]) -> MachineView:
     if not valid_machine_id(data["id"]):
         raise InvalidRequest("machine id must match [A-Za-z0-9_-]{1,50}")
     now = ctx.clock()
@@ -62,9 +62,7 @@ async def create_machine(ctx: ServiceContext, data: dict[str, Any]) -> dict[str,
     return await get_machine(ctx, data["id"])
 
 
-async def update_machine(
-    ctx: ServiceContext, machine_id: str, data: dict[str, Any]
-) -> dict[str, Any]:
+async def update_machine(ctx: ServiceContext, machine_id: str, data: dict[str, Any]) -> MachineView:
     values = {k: v for k, v in data.items() if k in MACHINE_FIELDS}
     async with ctx.engine.begin() as conn:
         result = await conn.execute(
@@ -77,7 +75,7 @@ async def update_machine(
     return await get_machine(ctx, machine_id)
 
 
-async def list_slots(ctx: ServiceContext, machine_id: str) -> list[dict[str, Any]]:
+async def list_slots(ctx: ServiceContext, machine_id: str) -> list[SlotView]:
     await get_machine(ctx, machine_id)
     stmt = (
         sa.select(
@@ -95,18 +93,20 @@ async def list_slots(ctx: ServiceContext, machine_id: str) -> list[dict[str, Any
     async with ctx.engine.connect() as conn:
         rows = (await conn.execute(stmt)).mappings().all()
     return [
-        {
-            **r,
-            "price": r["price_override"] if r["price_override"] is not None else r["price"],
-            "available": _available(r),
-        }
+        SlotView.model_validate(
+            {
+                **r,
+                "price": r["price_override"] if r["price_override"] is not None else r["price"],
+                "available": _available(r),
+            }
+        )
         for r in rows
     ]
 
 
 async def upsert_slot(
     ctx: ServiceContext, machine_id: str, slot_number: int, data: dict[str, Any]
-) -> dict[str, Any]:
+) -> SlotView:
     """Create or change a slot's set-up; counted stock changes only through stock updates."""
     await get_machine(ctx, machine_id)
     values = {k: v for k, v in data.items() if k in SLOT_FIELDS}
@@ -136,7 +136,7 @@ async def upsert_slot(
                 )
     except IntegrityError:
         raise Conflict("slot change violates a stock constraint (capacity below stock?)") from None
-    return next(s for s in await list_slots(ctx, machine_id) if s["slot_number"] == slot_number)
+    return next(s for s in await list_slots(ctx, machine_id) if s.slot_number == slot_number)
 
 
 async def _require_product(conn: Any, product_id: str) -> None:
@@ -192,22 +192,22 @@ async def list_products(
         return [ProductView.model_validate(r) for r in rows]
     result = []
     for s in await list_slots(ctx, machine_id):
-        if s["product_id"] is None or not s["is_active"]:
+        if s.product_id is None or s.product_name is None or s.price is None or not s.is_active:
             continue
-        if available_only and s["available"] <= 0:
+        if available_only and s.available <= 0:
             continue
         result.append(
             ProductView(
-                id=s["product_id"],
-                name=s["product_name"],
-                price=s["price"],
-                description=s["description"],
-                category=s["category"],
-                image_url=s["image_url"],
-                slot_number=s["slot_number"],
-                slot_id=s["id"],
-                available=s["available"],
-                capacity=s["capacity"],
+                id=s.product_id,
+                name=s.product_name,
+                price=s.price,
+                description=s.description,
+                category=s.category,
+                image_url=s.image_url,
+                slot_number=s.slot_number,
+                slot_id=s.id,
+                available=s.available,
+                capacity=s.capacity,
                 machine_id=machine_id,
             )
         )
@@ -255,7 +255,7 @@ async def assign_slot(
     slot_ref: str | int,
     product_id: str,
     data: dict[str, Any],
-) -> dict[str, Any]:
+) -> SlotView:
     """The seed's slot assignment: put a product in a slot (by number, or by id)."""
     number = await slot_number_of(ctx, machine_id, slot_ref)
     await _require_product_here(ctx, product_id)

@@ -38,7 +38,7 @@ async def seed_demo(ctx: ServiceContext, machine_id: str = "VM01", stock: int = 
             {"product_id": product.id, "capacity": 10, "motor_duration_ms": 1500},
         )
         async with ctx.engine.begin() as conn:
-            locked = await lock_slot(conn, slot["id"])
+            locked = await lock_slot(conn, slot.id)
             await adjust(
                 conn,
                 locked,

@@ -146,3 +146,41 @@ class TemperatureView(View):
     temperature: float
     humidity: float | None
     recorded_at: datetime
+
+
+class MachineView(View):
+    id: str
+    name: str
+    location: str | None
+    status: str
+    is_active: bool
+    fw: str | None
+    boot_id: str | None
+    last_seen_at: datetime | None
+    config_version: int
+    telemetry_interval_s: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class SlotView(View):
+    """A slot's set-up and stock; `price` is what it sells at, `available` what can be bought."""
+
+    id: str
+    machine_id: str
+    slot_number: int
+    product_id: str | None
+    product_name: str | None
+    description: str | None
+    category: str | None
+    image_url: str | None
+    price: int | None
+    price_override: int | None
+    capacity: int
+    current_stock: int
+    reserved: int
+    available: int
+    motor_duration_ms: int
+    is_active: bool
+    sensed_level: str | None
+    sensed_at: datetime | None

@@ -10,7 +10,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from vendhub.protocol.messages import PresenceStatus
 from vendhub.services.auth import Role
 from vendhub.services.stock import ChangeType
-from vendhub.services.views import ProductView, Slice, TemperatureView
+from vendhub.services.views import (
+    MachineView,
+    ProductView,
+    Slice,
+    SlotView,
+    TemperatureView,
+)
 
 Strict = ConfigDict(extra="forbid", strict=True)
 
@@ -197,6 +203,7 @@ class MachineUpdate(BaseModel):
 
 
 class MachinePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
     id: str
     name: str
     location: str | None
@@ -207,6 +214,10 @@ class MachinePublic(BaseModel):
     last_seen_at: datetime | None
     config_version: int
     telemetry_interval_s: int
+
+    @classmethod
+    def of(cls, view: MachineView) -> MachinePublic:
+        return cls.model_validate(view)
 
 
 class SlotUpdate(BaseModel):
@@ -219,6 +230,7 @@ class SlotUpdate(BaseModel):
 
 
 class SlotPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
     id: str
     machine_id: str
     slot_number: int
@@ -232,6 +244,10 @@ class SlotPublic(BaseModel):
     motor_duration_ms: int
     is_active: bool
     sensed_level: str | None
+
+    @classmethod
+    def of(cls, view: SlotView) -> SlotPublic:
+        return cls.model_validate(view)
 
 
 class ProductIn(BaseModel):

@@ -32,12 +32,12 @@ async def list_machines(ctx: CtxDep, _: CurrentUser, page: WindowDep) -> Page[Ma
 
 @router.post("", status_code=201)
 async def create_machine(body: MachineCreate, ctx: CtxDep, _: AdminUser) -> MachinePublic:
-    return MachinePublic(**await catalog.create_machine(ctx, body.model_dump()))
+    return MachinePublic.of(await catalog.create_machine(ctx, body.model_dump()))
 
 
 @router.get("/{machine_id}")
 async def get_machine(machine_id: str, ctx: CtxDep, _: CurrentUser) -> MachinePublic:
-    return MachinePublic(**await catalog.get_machine(ctx, machine_id))
+    return MachinePublic.of(await catalog.get_machine(ctx, machine_id))
 
 
 @router.patch("/{machine_id}")
@@ -45,7 +45,7 @@ async def update_machine(
     machine_id: str, body: MachineUpdate, ctx: CtxDep, _: AdminUser
 ) -> MachinePublic:
     data = body.model_dump(exclude_unset=True)
-    return MachinePublic(**await catalog.update_machine(ctx, machine_id, data))
+    return MachinePublic.of(await catalog.update_machine(ctx, machine_id, data))
 
 
 @router.get("/{machine_id}/slots")
@@ -64,7 +64,7 @@ async def put_slot(
     slot_number: int = SlotNumber,
 ) -> SlotPublic:
     data = body.model_dump(exclude_unset=True)
-    return SlotPublic(**await catalog.upsert_slot(ctx, machine_id, slot_number, data))
+    return SlotPublic.of(await catalog.upsert_slot(ctx, machine_id, slot_number, data))
 
 
 @router.post("/{machine_id}/config")
@@ -81,7 +81,7 @@ async def set_status(
     await fleet.set_status_by_operator(
         ctx, machine_id, body.status, user.get("username"), body.reason
     )
-    return MachineStatusChanged(data=MachinePublic(**await catalog.get_machine(ctx, machine_id)))
+    return MachineStatusChanged(data=MachinePublic.of(await catalog.get_machine(ctx, machine_id)))
 
 
 @router.post("/{machine_id}/slots/assign")
@@ -89,4 +89,4 @@ async def assign_slot(machine_id: str, body: SlotAssign, ctx: CtxDep, _: AdminUs
     """The seed's slot assignment: a product (and optionally its set-up) into one slot."""
     data = body.model_dump(exclude_unset=True, exclude={"slot_number", "slot_id", "product_id"})
     slot = await catalog.assign_slot(ctx, machine_id, body.slot_ref, body.product_id, data)
-    return SlotAssigned(data=SlotPublic(**slot))
+    return SlotAssigned(data=SlotPublic.of(slot))
