@@ -10,10 +10,10 @@ from pydantic import ValidationError
 
 from vendhub.config import Settings
 from vendhub.entrypoints.api.app import create_app
+from vendhub.entrypoints.api.replies import Page
 from vendhub.entrypoints.api.schemas import (
     MachineStatusChange,
     OrderCreate,
-    Page,
     SlotAssign,
     StockUpdate,
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -13,9 +13,7 @@ from vendhub.services.stock import ChangeType
 from vendhub.services.views import (
     MachineView,
     ProductView,
-    Slice,
     SlotView,
-    TemperatureView,
 )
 
 Strict = ConfigDict(extra="forbid", strict=True)
@@ -334,16 +332,6 @@ class StockUpdate(BaseModel):
         return self.new_stock
 
 
-class StockUpdated(BaseModel):
-    success: bool = True
-    machine_id: str
-    slot_number: int
-    stock_before: int
-    current_stock: int
-    reserved: int
-    available: int
-
-
 class DispenseTrigger(BaseModel):
     model_config = Strict
     order_id: str = Field(min_length=1, max_length=40)
@@ -381,53 +369,6 @@ class PaymentUpdate(BaseModel):
     status: Literal["SUCCESS", "PAID", "PENDING", "FAILED", "EXPIRED", "CANCELLED"]
 
 
-T = TypeVar("T")
-
-
-class Page(BaseModel, Generic[T]):
-    """Every list: the seed's envelope (success, data, count) and where the next page starts."""
-
-    success: bool = True
-    data: list[T]
-    count: int
-    limit: int
-    offset: int
-    next_offset: int | None = None
-
-    @classmethod
-    def of(cls, part: Slice[Any]) -> Page[T]:
-        return cls(
-            data=part.items,
-            count=len(part.items),
-            limit=part.window.limit,
-            offset=part.window.offset,
-            next_offset=part.next_offset,
-        )
-
-
-class ProductPage(Page[ProductPublic]):
-    """The seed's older scripts read the list as `products`."""
-
-    products: list[ProductPublic]
-
-    @classmethod
-    def of(cls, part: Slice[Any]) -> ProductPage:
-        items = [ProductPublic.of(p) for p in part.items]
-        return cls(
-            data=items,
-            products=items,
-            count=len(items),
-            limit=part.window.limit,
-            offset=part.window.offset,
-            next_offset=part.next_offset,
-        )
-
-
-class ConfigPushed(BaseModel):
-    success: bool = True
-    config: dict[str, Any]
-
-
 def _seed_presence(value: Any) -> Any:
     """The seed's admin words for a machine's state, any case, onto our presence states."""
     if isinstance(value, str):
@@ -440,11 +381,6 @@ class MachineStatusChange(BaseModel):
     model_config = Strict
     status: Annotated[PresenceStatus, BeforeValidator(_seed_presence)] = Field(strict=False)
     reason: str | None = Field(default=None, max_length=500)
-
-
-class MachineStatusChanged(BaseModel):
-    success: bool = True
-    data: MachinePublic
 
 
 class SlotAssign(BaseModel):
@@ -468,29 +404,6 @@ class SlotAssign(BaseModel):
         return self.slot_number if self.slot_number is not None else str(self.slot_id)
 
 
-class SlotAssigned(BaseModel):
-    success: bool = True
-    data: SlotPublic
-
-
-class RefundResponse(BaseModel):
-    success: bool
-    order_id: str
-    refund: RefundPublic
-
-
-class PaymentOutcome(BaseModel):
-    success: bool = True
-    order_id: str | None = None
-    outcome: str
-
-
-class OrderCancelled(BaseModel):
-    success: bool = True
-    order_id: str
-    status: str
-
-
 class PaymentMethodChange(BaseModel):
     model_config = Strict
     payment_method: PaymentMethod | None = None
@@ -501,96 +414,3 @@ class VerifyClaim(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     status: str | None = Field(default=None, max_length=32)
-
-
-class PaymentVerified(BaseModel):
-    success: bool = True
-    order_id: str
-    status: str
-    payment_status: str | None
-    paid: bool
-    # Whether the gateway was asked by this call (not for paid/closed orders, nor twice in 5 s).
-    asked_gateway: bool
-    order: OrderStatusPublic
-
-
-class DispenseTriggered(BaseModel):
-    success: bool = True
-    order_id: str
-    status: str
-
-
-class DispenseStatus(BaseModel):
-    order_id: str
-    status: str
-    dispenses: list[DispensePublic]
-
-
-class TemperaturePage(Page[TemperatureView]):
-    """The seed's temperature reply: the newest reading flat, the series in `data`."""
-
-    machine_id: str
-    temperature: float | None = None
-    humidity: float | None = None
-    recorded_at: datetime | None = None
-
-    @classmethod
-    def of_readings(cls, machine_id: str, part: Slice[TemperatureView]) -> TemperaturePage:
-        newest = part.items[0] if part.items and part.window.offset == 0 else None
-        return cls(
-            machine_id=machine_id,
-            temperature=newest.temperature if newest else None,
-            humidity=newest.humidity if newest else None,
-            recorded_at=newest.recorded_at if newest else None,
-            data=part.items,
-            count=len(part.items),
-            limit=part.window.limit,
-            offset=part.window.offset,
-            next_offset=part.next_offset,
-        )
-
-
-class Health(BaseModel):
-    status: str = "ok"
-
-
-class Readiness(BaseModel):
-    ready: bool
-    database: bool
-    mqtt: bool
-
-
-class MqttStatus(BaseModel):
-    success: bool = True
-    mqtt: dict[str, Any]
-
-
-class Published(BaseModel):
-    success: bool = True
-    topic: str
-    payload: dict[str, Any]
-
-
-class ProductSales(BaseModel):
-    product_id: str
-    product_name: str
-    units_sold: int
-    revenue: int
-
-
-class FinanceSummary(BaseModel):
-    """Payments received in [from, to); fields added later pass through."""
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-    machine_id: str | None
-    start: datetime | None = Field(alias="from")
-    end: datetime | None = Field(alias="to")
-    orders_paid: int
-    gross_paid: int
-    refunded: int
-    refund_pending: int
-    net: int
-    units_dropped: int
-    units_failed: int
-    failed_vend_rate: float
-    products: list[ProductSales]

@@ -8,14 +8,8 @@ from fastapi import APIRouter, Depends
 
 from vendhub.adapters.payments import midtrans_notification
 from vendhub.entrypoints.api.deps import ContainerDep, debug_enabled
-from vendhub.entrypoints.api.schemas import (
-    MqttStatus,
-    PaymentOutcome,
-    PaymentUpdate,
-    Published,
-    SimulatedResult,
-    TestCommand,
-)
+from vendhub.entrypoints.api.replies import MqttStatus, PaymentOutcome, Published
+from vendhub.entrypoints.api.schemas import PaymentUpdate, SimulatedResult, TestCommand
 from vendhub.protocol.messages import SyncCommand
 from vendhub.protocol.topics import TopicKind, topic
 from vendhub.services import orders

@@ -5,13 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from vendhub.entrypoints.api.deps import CtxDep, CurrentUser, TechUser, WindowDep
-from vendhub.entrypoints.api.schemas import (
-    DispensePublic,
-    DispenseStatus,
-    DispenseTrigger,
-    DispenseTriggered,
-    Page,
-)
+from vendhub.entrypoints.api.replies import DispenseStatus, DispenseTriggered, Page
+from vendhub.entrypoints.api.schemas import DispensePublic, DispenseTrigger
 from vendhub.services import dispatch, orders, reports
 from vendhub.services.views import DispenseLogView
 

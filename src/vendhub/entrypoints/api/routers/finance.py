@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from vendhub.entrypoints.api.deps import CtxDep, CurrentUser
-from vendhub.entrypoints.api.schemas import FinanceSummary
+from vendhub.entrypoints.api.replies import FinanceSummary
 from vendhub.services import finance
 from vendhub.services.errors import InvalidRequest
 

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vendhub.domain.model import OrderStatus, UnitStatus
 from vendhub.entrypoints.api.deps import ContainerDep
-from vendhub.entrypoints.api.schemas import Health, Readiness
+from vendhub.entrypoints.api.replies import Health, Readiness
 from vendhub.services import stats
 
 router = APIRouter(tags=["health"])

@@ -5,16 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Path
 
 from vendhub.entrypoints.api.deps import AdminUser, CtxDep, CurrentUser, TechUser, WindowDep
+from vendhub.entrypoints.api.replies import ConfigPushed, MachineStatusChanged, Page, SlotAssigned
 from vendhub.entrypoints.api.schemas import (
-    ConfigPushed,
     MachineCreate,
     MachinePublic,
     MachineStatusChange,
-    MachineStatusChanged,
     MachineUpdate,
-    Page,
     SlotAssign,
-    SlotAssigned,
     SlotPublic,
     SlotUpdate,
 )

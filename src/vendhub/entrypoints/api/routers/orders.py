@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from vendhub.domain.model import OrderStatus
 from vendhub.entrypoints.api.deps import AdminUser, ContainerDep, CtxDep, CurrentUser, WindowDep
+from vendhub.entrypoints.api.replies import Page, RefundResponse
 from vendhub.entrypoints.api.schemas import (
     DispensePublic,
     MultiOrderCreate,
@@ -15,10 +16,8 @@ from vendhub.entrypoints.api.schemas import (
     OrderItemPublic,
     OrderPublic,
     OrderStatusPublic,
-    Page,
     PaymentInfo,
     RefundPublic,
-    RefundResponse,
 )
 from vendhub.services import orders, refunds
 from vendhub.services.checkout import checkout

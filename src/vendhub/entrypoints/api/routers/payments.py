@@ -11,15 +11,9 @@ from fastapi.responses import HTMLResponse
 from vendhub.adapters.payments.sandbox import SandboxProvider
 from vendhub.domain.model import OrderStatus
 from vendhub.entrypoints.api.deps import ContainerDep, CtxDep
+from vendhub.entrypoints.api.replies import OrderCancelled, PaymentOutcome, PaymentVerified
 from vendhub.entrypoints.api.routers.orders import load, order_status_public
-from vendhub.entrypoints.api.schemas import (
-    OrderCancelled,
-    OrderPublic,
-    PaymentMethodChange,
-    PaymentOutcome,
-    PaymentVerified,
-    VerifyClaim,
-)
+from vendhub.entrypoints.api.schemas import OrderPublic, PaymentMethodChange, VerifyClaim
 from vendhub.services import checkout, orders, reconcile
 from vendhub.services import payments as payment_service
 from vendhub.services.errors import NotFound

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from vendhub.entrypoints.api.deps import AdminUser, CtxDep, WindowDep
-from vendhub.entrypoints.api.schemas import ProductIn, ProductPage, ProductPublic
+from vendhub.entrypoints.api.replies import ProductPage
+from vendhub.entrypoints.api.schemas import ProductIn, ProductPublic
 from vendhub.services import catalog
 from vendhub.services.views import Slice
 

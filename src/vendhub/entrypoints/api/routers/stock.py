@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from vendhub.entrypoints.api.deps import CtxDep, CurrentUser, StockUser, WindowDep
-from vendhub.entrypoints.api.schemas import Page, SlotPublic, StockUpdate, StockUpdated
+from vendhub.entrypoints.api.replies import Page, StockUpdated
+from vendhub.entrypoints.api.schemas import SlotPublic, StockUpdate
 from vendhub.services import catalog, reports
 from vendhub.services.stock import update_stock
 from vendhub.services.views import Slice, StockLogView

@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter
 
 from vendhub.entrypoints.api.deps import CtxDep, CurrentUser, WindowDep
-from vendhub.entrypoints.api.schemas import Page, TemperaturePage
+from vendhub.entrypoints.api.replies import Page, TemperaturePage
 from vendhub.services import reports
 from vendhub.services.errors import InvalidRequest, NotFound
 from vendhub.services.views import TelemetryView, Window
