@@ -170,10 +170,19 @@ async def test_operators_set_maintenance_and_back_online_recorded_as_events(seed
     )
     down = await seed.ok("POST", "/api/machines/VM01/status", json=body, headers=tech)
     assert down["data"]["status"] == "MAINTENANCE"
+    # A unit paid during maintenance waits, and goes out when the operator ends it.
+    order_id = (await _order(seed))["order_id"]
+    await seed.ok("POST", f"/api/debug/update-payment/{order_id}", json={"status": "SUCCESS"})
+    assert await order_status(seed.ctx, order_id) == "PENDING_DISPENSE"
+    assert await outbox_rows(seed.ctx, "dispense") == []
     up = await seed.ok("POST", "/api/machines/VM01/status", json={"status": "active"}, headers=tech)
     assert up["data"]["status"] == "ONLINE"
-    events = [e["status"] for e in await rows(seed.ctx, machine_events)]
-    assert events == ["MAINTENANCE", "ONLINE"]
+    assert up["data"]["last_seen_at"] is None  # an operator's word is no sign of life
+    [command] = [r["body"] for r in await outbox_rows(seed.ctx, "dispense")]
+    assert command["orderId"] == order_id
+    events = await rows(seed.ctx, machine_events)
+    assert [e["status"] for e in events] == ["MAINTENANCE", "ONLINE"]
+    assert events[0]["details"] == {"by": "technician", "reason": "cleaning"}
     bad = {"status": "EXPLODED"}
     assert_error(await seed.client.post("/api/machines/VM01/status", json=bad, headers=tech), 422)
     assert_error(await seed.client.post("/api/machines/NOPE/status", json=body, headers=tech), 404)
