@@ -83,7 +83,7 @@ async def _seed_machines(container: Container, count: int, stock: int) -> list[s
             ctx,
             machine_id,
             1,
-            {"product_id": product["id"], "capacity": 1000, "motor_duration_ms": 0},
+            {"product_id": product.id, "capacity": 1000, "motor_duration_ms": 0},
         )
         await update_stock(
             ctx,

@@ -193,7 +193,7 @@ async def _sync_fleet(container: Container) -> None:
 
     prefix = container.settings.mqtt_topic_prefix
     for machine in await list_machines(container.ctx):
-        if machine["is_active"]:
+        if machine.is_active:
             await container.mqtt.publish(
-                topic(prefix, machine["id"], TopicKind.COMMAND), SyncCommand().to_bytes()
+                topic(prefix, machine.id, TopicKind.COMMAND), SyncCommand().to_bytes()
             )

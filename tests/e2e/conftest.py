@@ -208,7 +208,7 @@ class Api:
         return response.json()
 
     def stock(self, machine_id: str) -> dict[int, dict[str, Any]]:
-        return {s["slot_number"]: s for s in self.get(f"/api/stock/{machine_id}")}
+        return {s["slot_number"]: s for s in self.get(f"/api/stock/{machine_id}")["data"]}
 
     def wait_online(self, machine_id: str, within: float = 20) -> None:
         self.wait(lambda: self.get(f"/api/machines/{machine_id}")["status"] == "ONLINE", within)

@@ -120,7 +120,7 @@ async def _seed(url: str, machine_ids: list[str]) -> None:
                     ctx,
                     machine_id,
                     slot,
-                    {"product_id": product["id"], "capacity": 100, "motor_duration_ms": 1500},
+                    {"product_id": product.id, "capacity": 100, "motor_duration_ms": 1500},
                 )
                 await update_stock(
                     ctx,

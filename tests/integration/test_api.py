@@ -151,7 +151,7 @@ async def test_auditor_created_by_admin_can_read_but_not_write(api: Api) -> None
         await api.client.post("/api/products", json=product, headers=auditor), 403, "forbidden"
     )
     assert_error(await api.client.post("/api/auth/users", json=new_user, headers=auditor), 403)
-    names = [p["name"] for p in (await api.client.get("/api/products")).json()]
+    names = [p["name"] for p in (await api.client.get("/api/products")).json()["data"]]
     assert "Sneaky" not in names
 
 
@@ -160,7 +160,7 @@ async def test_auditor_created_by_admin_can_read_but_not_write(api: Api) -> None
 
 async def test_machines_crud(api: Api) -> None:
     listed = await api.client.get("/api/machines", headers=api.admin)
-    assert [m["id"] for m in listed.json()] == ["VM01"]
+    assert [m["id"] for m in listed.json()["data"]] == ["VM01"]
     body = {"id": "VM02", "name": "Second", "location": "Hall"}
     created = await api.client.post("/api/machines", json=body, headers=api.admin)
     assert created.status_code == 201, created.text
@@ -187,7 +187,7 @@ async def test_machines_crud(api: Api) -> None:
 
 
 async def test_slots_list_and_put(api: Api) -> None:
-    listed = (await api.client.get("/api/machines/VM01/slots", headers=api.admin)).json()
+    listed = (await api.client.get("/api/machines/VM01/slots", headers=api.admin)).json()["data"]
     assert [s["slot_number"] for s in listed] == [1, 2, 3, 4, 5, 6]
     assert (listed[0]["price"], listed[0]["available"], listed[0]["reserved"]) == (COCA_COLA, 5, 0)
     product_id = listed[1]["product_id"]
@@ -252,17 +252,19 @@ async def test_config_push_queues_a_retained_versioned_config(api: Api) -> None:
 
 
 async def test_products_public_available_and_by_id(api: Api) -> None:
-    everything = (await api.client.get("/api/products")).json()
+    everything = (await api.client.get("/api/products")).json()["data"]
     assert len(everything) == 6 and all(p["is_active"] for p in everything)
-    in_machine = (await api.client.get("/api/products", params={"machine_id": "VM01"})).json()
+    in_machine = (await api.client.get("/api/products", params={"machine_id": "VM01"})).json()[
+        "data"
+    ]
     assert [(p["slot_number"], p["available"]) for p in in_machine][:2] == [(1, 5), (2, 5)]
     # Sell slot 6 out (reserve all of it): it leaves the available list, not the full list.
     await api.order(slot=6, quantity=5)
-    available = (await api.client.get("/api/products/available?machine_id=VM01")).json()
+    available = (await api.client.get("/api/products/available?machine_id=VM01")).json()["data"]
     assert [p["slot_number"] for p in available] == [1, 2, 3, 4, 5]
-    default_machine = (await api.client.get("/api/products/available")).json()
+    default_machine = (await api.client.get("/api/products/available")).json()["data"]
     assert default_machine == available
-    full = (await api.client.get("/api/products?machine_id=VM01")).json()
+    full = (await api.client.get("/api/products?machine_id=VM01")).json()["data"]
     assert [p["slot_number"] for p in full] == [1, 2, 3, 4, 5, 6]
     one = (await api.client.get(f"/api/products/{in_machine[0]['id']}")).json()
     assert (one["name"], one["price"]) == ("Coca Cola 330ml", COCA_COLA)
@@ -281,7 +283,9 @@ async def test_products_create_update_delete(api: Api) -> None:
     assert updated.status_code == 200 and updated.json()["price"] == 7500
     deleted = await api.client.delete(f"/api/products/{product_id}", headers=api.admin)
     assert deleted.status_code == 204
-    assert product_id not in [p["id"] for p in (await api.client.get("/api/products")).json()]
+    assert product_id not in [
+        p["id"] for p in (await api.client.get("/api/products")).json()["data"]
+    ]
     assert (await api.client.get(f"/api/products/{product_id}")).json()["is_active"] is False
     for invalid in (
         {"name": "x", "price": -1},
@@ -348,14 +352,14 @@ async def test_list_orders_needs_a_token_and_filters(api: Api) -> None:
     second = await api.order(slot=2)
     await pay(api.ctx, first["order_id"], COCA_COLA)
     assert_error(await api.client.get("/api/orders"), 401)
-    listed = (await api.client.get("/api/orders", headers=api.admin)).json()
+    listed = (await api.client.get("/api/orders", headers=api.admin)).json()["data"]
     assert {o["order_id"] for o in listed} == {first["order_id"], second["order_id"]}
     pending = await api.client.get(
         "/api/orders", params={"status": "PENDING", "machine_id": "VM01"}, headers=api.admin
     )
-    assert [o["order_id"] for o in pending.json()] == [second["order_id"]]
+    assert [o["order_id"] for o in pending.json()["data"]] == [second["order_id"]]
     limited = await api.client.get("/api/orders", params={"limit": 1}, headers=api.admin)
-    assert len(limited.json()) == 1
+    assert (limited.json()["count"], limited.json()["next_offset"]) == (1, 1)
     bad = await api.client.get("/api/orders", params={"status": "WHATEVER"}, headers=api.admin)
     assert_error(bad, 422)
     assert_error(await api.client.get("/api/orders?limit=0", headers=api.admin), 422)
@@ -480,7 +484,7 @@ async def test_dispense_status_and_logs(api: Api) -> None:
     [command] = await outbox_rows(api.ctx, "dispense")
     assert command["body"]["commandId"] in [d["command_id"] for d in status["dispenses"]]
     assert_error(await api.client.get("/api/dispense/logs/VM01"), 401)
-    logs = (await api.client.get("/api/dispense/logs/VM01", headers=api.admin)).json()
+    logs = (await api.client.get("/api/dispense/logs/VM01", headers=api.admin)).json()["data"]
     assert sorted(log["command_id"] for log in logs) == sorted(
         d["command_id"] for d in status["dispenses"]
     )
@@ -505,7 +509,7 @@ async def stock_update(api: Api, headers: dict[str, str] | None = None, **body: 
 
 
 async def test_stock_get_update_and_logs(api: Api) -> None:
-    stock = (await api.client.get("/api/stock/VM01", headers=api.admin)).json()
+    stock = (await api.client.get("/api/stock/VM01", headers=api.admin)).json()["data"]
     assert [(s["slot_number"], s["current_stock"], s["available"]) for s in stock][:1] == [
         (1, 5, 5)
     ]
@@ -516,7 +520,7 @@ async def test_stock_get_update_and_logs(api: Api) -> None:
         api, api.as_role("INVENTORY"), change_type="AUDIT", new_stock=6, reason="count"
     )
     assert audit.status_code == 200 and audit.json()["current_stock"] == 6
-    logs = (await api.client.get("/api/stock/logs/VM01", headers=api.admin)).json()
+    logs = (await api.client.get("/api/stock/logs/VM01", headers=api.admin)).json()["data"]
     assert [(log["change_type"], log["quantity_change"], log["stock_after"]) for log in logs] == [
         ("AUDIT", -2, 6),
         ("RESTOCK", 3, 8),
@@ -572,12 +576,12 @@ async def test_telemetry_series_and_latest(api: Api) -> None:
         fleet.TelemetryReading("GHOST", now, Telemetry(temperature=1.0), {}),
     ]
     assert await fleet.store_telemetry(api.ctx, readings) == 2
-    series = (await api.client.get("/api/telemetry/VM01", headers=api.admin)).json()
+    series = (await api.client.get("/api/telemetry/VM01", headers=api.admin)).json()["data"]
     assert [r["temperature"] for r in series] == [4.5, 5.0]
     assert series[0]["payload"] == {"temp": 4.5, "slots": [{"id": 1, "level": "LOW"}]}
     since = (now - timedelta(minutes=1)).isoformat()
     recent = await api.client.get("/api/telemetry/VM01", params={"since": since}, headers=api.admin)
-    assert [r["temperature"] for r in recent.json()] == [4.5]
+    assert [r["temperature"] for r in recent.json()["data"]] == [4.5]
     latest = (await api.client.get("/api/telemetry/VM01/latest", headers=api.admin)).json()
     assert latest["temperature"] == 4.5
     # Sensed level recorded; counted stock untouched.

@@ -206,5 +206,7 @@ async def test_concurrent_api_orders_for_the_last_unit_one_201_rest_409(
     for r in responses:
         if r.status_code == 409:
             assert_error(r, 409, "out_of_stock")
-    stock = (await client.get("/api/products/available", params={"machine_id": "VM01"})).json()
+    stock = (await client.get("/api/products/available", params={"machine_id": "VM01"})).json()[
+        "data"
+    ]
     assert 1 not in [p["slot_number"] for p in stock]

@@ -16,6 +16,7 @@ from vendhub.services.errors import Conflict, InvalidRequest, NotFound
 from vendhub.services.ids import new_id
 from vendhub.services.outbox import enqueue
 from vendhub.services.rows import every, first
+from vendhub.services.views import MachineView, ProductView, SlotView
 
 MACHINE_FIELDS = ("name", "location", "is_active", "telemetry_interval_s")
 PRODUCT_FIELDS = ("name", "description", "category", "price", "image_url", "is_active")
@@ -26,21 +27,21 @@ def _available(row: Any) -> int:
     return int(row["current_stock"]) - int(row["reserved"])
 
 
-async def list_machines(ctx: ServiceContext) -> list[dict[str, Any]]:
+async def list_machines(ctx: ServiceContext) -> list[MachineView]:
     async with ctx.engine.connect() as conn:
-        rows = (await conn.execute(sa.select(machines).order_by(machines.c.id))).mappings()
-        return [dict(r) for r in rows]
+        rows = await every(conn, sa.select(machines).order_by(machines.c.id))
+    return [MachineView.model_validate(r) for r in rows]
 
 
-async def get_machine(ctx: ServiceContext, machine_id: str) -> dict[str, Any]:
+async def get_machine(ctx: ServiceContext, machine_id: str) -> MachineView:
     async with ctx.engine.connect() as conn:
         row = await first(conn, sa.select(machines).where(machines.c.id == machine_id))
     if row is None:
         raise NotFound(f"machine {machine_id} not found")
-    return dict(row)
+    return MachineView.model_validate(row)
 
 
-async def create_machine(ctx: ServiceContext, data: dict[str, Any]) -> dict[str, Any]:
+async def create_machine(ctx: ServiceContext, data: dict[str, Any]) -> MachineView:
     if not valid_machine_id(data["id"]):
         raise InvalidRequest("machine id must match [A-Za-z0-9_-]{1,50}")
     now = ctx.clock()
@@ -61,9 +62,7 @@ async def create_machine(ctx: ServiceContext, data: dict[str, Any]) -> dict[str,
     return await get_machine(ctx, data["id"])
 
 
-async def update_machine(
-    ctx: ServiceContext, machine_id: str, data: dict[str, Any]
-) -> dict[str, Any]:
+async def update_machine(ctx: ServiceContext, machine_id: str, data: dict[str, Any]) -> MachineView:
     values = {k: v for k, v in data.items() if k in MACHINE_FIELDS}
     async with ctx.engine.begin() as conn:
         result = await conn.execute(
@@ -76,10 +75,17 @@ async def update_machine(
     return await get_machine(ctx, machine_id)
 
 
-async def list_slots(ctx: ServiceContext, machine_id: str) -> list[dict[str, Any]]:
+async def list_slots(ctx: ServiceContext, machine_id: str) -> list[SlotView]:
     await get_machine(ctx, machine_id)
     stmt = (
-        sa.select(slots, products.c.name.label("product_name"), products.c.price.label("price"))
+        sa.select(
+            slots,
+            products.c.name.label("product_name"),
+            products.c.price.label("price"),
+            products.c.description,
+            products.c.category,
+            products.c.image_url,
+        )
         .outerjoin(products, products.c.id == slots.c.product_id)
         .where(slots.c.machine_id == machine_id)
         .order_by(slots.c.slot_number)
@@ -87,18 +93,20 @@ async def list_slots(ctx: ServiceContext, machine_id: str) -> list[dict[str, Any
     async with ctx.engine.connect() as conn:
         rows = (await conn.execute(stmt)).mappings().all()
     return [
-        {
-            **r,
-            "price": r["price_override"] if r["price_override"] is not None else r["price"],
-            "available": _available(r),
-        }
+        SlotView.model_validate(
+            {
+                **r,
+                "price": r["price_override"] if r["price_override"] is not None else r["price"],
+                "available": _available(r),
+            }
+        )
         for r in rows
     ]
 
 
 async def upsert_slot(
     ctx: ServiceContext, machine_id: str, slot_number: int, data: dict[str, Any]
-) -> dict[str, Any]:
+) -> SlotView:
     """Create or change a slot's set-up; counted stock changes only through stock updates."""
     await get_machine(ctx, machine_id)
     values = {k: v for k, v in data.items() if k in SLOT_FIELDS}
@@ -128,7 +136,7 @@ async def upsert_slot(
                 )
     except IntegrityError:
         raise Conflict("slot change violates a stock constraint (capacity below stock?)") from None
-    return next(s for s in await list_slots(ctx, machine_id) if s["slot_number"] == slot_number)
+    return next(s for s in await list_slots(ctx, machine_id) if s.slot_number == slot_number)
 
 
 async def _require_product(conn: Any, product_id: str) -> None:
@@ -173,45 +181,50 @@ async def push_config(ctx: ServiceContext, machine_id: str) -> MachineConfig:
 
 async def list_products(
     ctx: ServiceContext, machine_id: str | None = None, available_only: bool = False
-) -> list[dict[str, Any]]:
+) -> list[ProductView]:
+    """Active products; with a machine, one entry per active slot holding one (by slot)."""
     if machine_id is None:
         async with ctx.engine.connect() as conn:
             rows = await every(
                 conn,
                 sa.select(products).where(products.c.is_active.is_(True)).order_by(products.c.name),
             )
-        return [dict(r) for r in rows]
+        return [ProductView.model_validate(r) for r in rows]
     result = []
     for s in await list_slots(ctx, machine_id):
-        if s["product_id"] is None or not s["is_active"]:
+        if s.product_id is None or s.product_name is None or s.price is None or not s.is_active:
             continue
-        if available_only and s["available"] <= 0:
+        if available_only and s.available <= 0:
             continue
         result.append(
-            {
-                "id": s["product_id"],
-                "name": s["product_name"],
-                "price": s["price"],
-                "slot_number": s["slot_number"],
-                "slot_id": s["id"],
-                "available": s["available"],
-                "machine_id": machine_id,
-            }
+            ProductView(
+                id=s.product_id,
+                name=s.product_name,
+                price=s.price,
+                description=s.description,
+                category=s.category,
+                image_url=s.image_url,
+                slot_number=s.slot_number,
+                slot_id=s.id,
+                available=s.available,
+                capacity=s.capacity,
+                machine_id=machine_id,
+            )
         )
     return result
 
 
-async def get_product(ctx: ServiceContext, product_id: str) -> dict[str, Any]:
+async def get_product(ctx: ServiceContext, product_id: str) -> ProductView:
     async with ctx.engine.connect() as conn:
         row = await first(conn, sa.select(products).where(products.c.id == product_id))
     if row is None:
         raise NotFound(f"product {product_id} not found")
-    return dict(row)
+    return ProductView.model_validate(row)
 
 
 async def save_product(
     ctx: ServiceContext, data: dict[str, Any], product_id: str | None = None
-) -> dict[str, Any]:
+) -> ProductView:
     now = ctx.clock()
     values = {k: v for k, v in data.items() if k in PRODUCT_FIELDS}
     async with ctx.engine.begin() as conn:
@@ -234,3 +247,46 @@ async def save_product(
 async def deactivate_product(ctx: ServiceContext, product_id: str) -> None:
     """Products referenced by past orders are kept; deleting hides them from sale."""
     await save_product(ctx, {"is_active": False}, product_id)
+
+
+async def assign_slot(
+    ctx: ServiceContext,
+    machine_id: str,
+    slot_ref: str | int,
+    product_id: str,
+    data: dict[str, Any],
+) -> SlotView:
+    """The seed's slot assignment: put a product in a slot (by number, or by id)."""
+    number = await slot_number_of(ctx, machine_id, slot_ref)
+    await _require_product_here(ctx, product_id)
+    async with ctx.engine.connect() as conn:
+        slot = await first(
+            conn,
+            sa.select(slots).where(slots.c.machine_id == machine_id, slots.c.slot_number == number),
+        )
+    if slot is not None and slot["product_id"] != product_id and slot["reserved"] > 0:
+        # Open orders hold units of the current product; they must settle first.
+        raise Conflict(f"slot {number} has {slot['reserved']} unit(s) reserved by open orders")
+    return await upsert_slot(ctx, machine_id, number, {**data, "product_id": product_id})
+
+
+async def slot_number_of(ctx: ServiceContext, machine_id: str, slot_ref: str | int) -> int:
+    if isinstance(slot_ref, int):
+        return slot_ref
+    async with ctx.engine.connect() as conn:
+        number = await conn.scalar(
+            sa.select(slots.c.slot_number).where(
+                slots.c.machine_id == machine_id, slots.c.id == slot_ref
+            )
+        )
+    if number is not None:
+        return int(number)
+    if slot_ref.isdigit() and 1 <= int(slot_ref) <= 1000:
+        # The seed's numeric slot ids counted 1, 2, 3… per machine.
+        return int(slot_ref)
+    raise NotFound(f"slot {slot_ref} not found on machine {machine_id}")
+
+
+async def _require_product_here(ctx: ServiceContext, product_id: str) -> None:
+    async with ctx.engine.connect() as conn:
+        await _require_product(conn, product_id)

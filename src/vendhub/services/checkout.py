@@ -5,15 +5,21 @@ from __future__ import annotations
 import logging
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vendhub.adapters.db.tables import order_items, orders, payments
 from vendhub.domain.model import OrderStatus
+from vendhub.domain.payments import PaymentStatus
 from vendhub.services.context import ServiceContext
+from vendhub.services.dispatch import lock_order
+from vendhub.services.errors import Conflict, NotFound
 from vendhub.services.orders import OrderLine, close_unpaid, place_order
 from vendhub.services.ports import GatewayError, PaymentLine, PaymentProvider, PaymentRequest
 from vendhub.services.rows import every
 
 log = logging.getLogger(__name__)
+# No payment_method means the Snap page, where the customer picks.
+SNAP = "snap"
 
 
 async def checkout(
@@ -43,6 +49,46 @@ async def checkout(
     return order_id
 
 
+async def change_method(
+    ctx: ServiceContext, provider: PaymentProvider, order_id: str, method: str | None
+) -> bool:
+    """(Re)create the payment of an unpaid order for another method; False if unchanged.
+
+    The gateway may refuse (Midtrans keeps one transaction per order id): the order then keeps
+    its current payment and the caller learns it must cancel and order again.
+    """
+    async with ctx.engine.begin() as conn:
+        order = await lock_order(conn, order_id)
+        if order is None:
+            raise NotFound(f"order {order_id} not found")
+        if order["status"] != OrderStatus.PENDING.value:
+            raise Conflict(f"order {order_id} is {order['status']}: its payment can not change")
+        previous = order["payment_method"]
+        if (previous or SNAP) == (method or SNAP):
+            return False
+        await _set_method(conn, order_id, method)
+    try:
+        await _attach_payment(ctx, provider, order_id)
+    except GatewayError as exc:
+        async with ctx.engine.begin() as conn:
+            await _set_method(conn, order_id, previous)
+        if exc.retryable:
+            raise
+        log.warning("order %s: gateway refused method %s: %s", order_id, method, exc)
+        raise Conflict(
+            f"the payment gateway refused a new {method or SNAP} payment for order {order_id}; "
+            "cancel it and order again"
+        ) from None
+    log.info("order %s: payment method %s -> %s", order_id, previous or SNAP, method or SNAP)
+    return True
+
+
+async def _set_method(conn: AsyncConnection, order_id: str, method: str | None) -> None:
+    await conn.execute(
+        sa.update(orders).where(orders.c.id == order_id).values(payment_method=method)
+    )
+
+
 async def _attach_payment(ctx: ServiceContext, provider: PaymentProvider, order_id: str) -> None:
     async with ctx.engine.connect() as conn:
         order = (
@@ -70,7 +116,11 @@ async def _attach_payment(ctx: ServiceContext, provider: PaymentProvider, order_
     async with ctx.engine.begin() as conn:
         await conn.execute(
             sa.update(payments)
-            .where(payments.c.order_id == order_id)
+            # A payment that arrived meanwhile keeps the instructions it was paid by.
+            .where(
+                payments.c.order_id == order_id,
+                payments.c.status == PaymentStatus.PENDING.value,
+            )
             .values(
                 token=instructions.token,
                 redirect_url=instructions.redirect_url,

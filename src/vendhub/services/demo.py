@@ -35,10 +35,10 @@ async def seed_demo(ctx: ServiceContext, machine_id: str = "VM01", stock: int = 
             ctx,
             machine_id,
             number,
-            {"product_id": product["id"], "capacity": 10, "motor_duration_ms": 1500},
+            {"product_id": product.id, "capacity": 10, "motor_duration_ms": 1500},
         )
         async with ctx.engine.begin() as conn:
-            locked = await lock_slot(conn, slot["id"])
+            locked = await lock_slot(conn, slot.id)
             await adjust(
                 conn,
                 locked,

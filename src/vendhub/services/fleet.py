@@ -10,9 +10,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from vendhub.adapters.db.tables import machine_events, machines, slots, telemetry
-from vendhub.protocol.messages import StatusMessage, SyncCommand, Telemetry
+from vendhub.protocol.messages import PresenceStatus, StatusMessage, SyncCommand, Telemetry
 from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import dispatch_next, lock_machine
+from vendhub.services.errors import NotFound
 from vendhub.services.outbox import enqueue
 
 log = logging.getLogger(__name__)
@@ -169,3 +170,44 @@ async def mark_silent_machines_offline(ctx: ServiceContext) -> list[str]:
             )
         log.warning("machine %s marked OFFLINE: nothing heard since its last heartbeat", machine_id)
     return silent
+
+
+async def set_status_by_operator(
+    ctx: ServiceContext,
+    machine_id: str,
+    status: PresenceStatus,
+    username: str | None,
+    reason: str | None = None,
+) -> None:
+    """An operator's status (e.g. MAINTENANCE); the device's own next status message wins.
+
+    Unlike a device's message it is no sign of life: last_seen_at stays as it was.
+    """
+    now = ctx.clock()
+    async with ctx.engine.begin() as conn:
+        machine = await lock_machine(conn, machine_id)
+        if machine is None:
+            raise NotFound(f"machine {machine_id} not found")
+        await conn.execute(
+            sa.update(machines)
+            .where(machines.c.id == machine_id)
+            .values(status=status.value, updated_at=now)
+        )
+        await conn.execute(
+            sa.insert(machine_events).values(
+                machine_id=machine_id,
+                event_type="STATUS",
+                status=status.value,
+                severity="info" if status is PresenceStatus.ONLINE else "warning",
+                message=f"machine {machine_id} set {status.value} by {username or 'an operator'}",
+                details={"by": username, "reason": reason},
+                created_at=now,
+            )
+        )
+        # Units that waited for this machine go out now (no-op if one is in flight).
+        woke = status is PresenceStatus.ONLINE and await dispatch_next(ctx, conn, machine_id)
+    if woke:
+        ctx.wake_outbox()
+    log.info(
+        "machine %s set %s by operator %s (%s)", machine_id, status.value, username, reason or "-"
+    )

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vendhub.adapters.db.tables import (
@@ -28,6 +29,7 @@ from vendhub.services.dispatch import lock_order, set_order_status
 from vendhub.services.errors import Conflict, InvalidRequest, NotFound
 from vendhub.services.ids import new_id, new_order_id
 from vendhub.services.rows import every, first
+from vendhub.services.views import OrderSummaryView, PaymentView, Slice, Window
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,18 +124,10 @@ async def _merge_lines(
         cond = (
             slots.c.id == line.slot_id if line.slot_id else slots.c.slot_number == line.slot_number
         )
-        row = await first(
-            conn,
-            sa.select(
-                slots,
-                products.c.id.label("p_id"),
-                products.c.name.label("p_name"),
-                products.c.price.label("p_price"),
-                products.c.is_active.label("p_active"),
-            )
-            .outerjoin(products, products.c.id == slots.c.product_id)
-            .where(slots.c.machine_id == machine_id, cond),
-        )
+        row = await _slot_for_sale(conn, machine_id, cond)
+        if row is None and line.slot_id and line.slot_id.isdigit() and len(line.slot_id) <= 6:
+            # The seed's numeric slot ids counted 1, 2, 3… per machine: read as the slot number.
+            row = await _slot_for_sale(conn, machine_id, slots.c.slot_number == int(line.slot_id))
         if row is None:
             which = line.slot_id or line.slot_number
             raise NotFound(f"slot {which} not found on machine {machine_id}")
@@ -143,6 +137,23 @@ async def _merge_lines(
         product = {"id": row["p_id"], "name": row["p_name"], "price": row["p_price"]}
         merged[row["id"]] = (row, product, quantities[row["id"]])
     return merged
+
+
+async def _slot_for_sale(
+    conn: AsyncConnection, machine_id: str, cond: sa.ColumnElement[bool]
+) -> RowMapping | None:
+    return await first(
+        conn,
+        sa.select(
+            slots,
+            products.c.id.label("p_id"),
+            products.c.name.label("p_name"),
+            products.c.price.label("p_price"),
+            products.c.is_active.label("p_active"),
+        )
+        .outerjoin(products, products.c.id == slots.c.product_id)
+        .where(slots.c.machine_id == machine_id, cond),
+    )
 
 
 async def get_order(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
@@ -174,15 +185,35 @@ async def get_order(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
 
 
 async def list_orders(
-    ctx: ServiceContext, machine_id: str | None, status: str | None, limit: int
-) -> list[dict[str, Any]]:
-    stmt = sa.select(orders).order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(limit)
+    ctx: ServiceContext, machine_id: str | None, status: str | None, window: Window
+) -> Slice[OrderSummaryView]:
+    stmt = sa.select(orders, orders.c.id.label("order_id")).order_by(
+        orders.c.created_at.desc(), orders.c.id.desc()
+    )
     if machine_id:
         stmt = stmt.where(orders.c.machine_id == machine_id)
     if status:
         stmt = stmt.where(orders.c.status == status)
     async with ctx.engine.connect() as conn:
-        return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
+        rows = await every(conn, window.apply(stmt))
+    return Slice.of([OrderSummaryView.model_validate(r) for r in rows], window)
+
+
+async def machine_orders(
+    ctx: ServiceContext, machine_id: str, status: str | None, window: Window
+) -> Slice[OrderSummaryView]:
+    async with ctx.engine.connect() as conn:
+        if await conn.scalar(sa.select(machines.c.id).where(machines.c.id == machine_id)) is None:
+            raise NotFound(f"machine {machine_id} not found")
+    return await list_orders(ctx, machine_id, status, window)
+
+
+async def payment_of(ctx: ServiceContext, order_id: str) -> PaymentView:
+    async with ctx.engine.connect() as conn:
+        row = await first(conn, sa.select(payments).where(payments.c.order_id == order_id))
+    if row is None:
+        raise NotFound(f"payment for order {order_id} not found")
+    return PaymentView.model_validate(row)
 
 
 async def close_unpaid(

@@ -11,12 +11,15 @@ from vendhub.adapters.db.tables import orders, payments
 from vendhub.domain.model import DomainError, OrderStatus
 from vendhub.domain.payments import PaymentStatus
 from vendhub.services.context import PaymentPolicy, ServiceContext
+from vendhub.services.errors import NotFound
 from vendhub.services.payments import Outcome, apply_notification
 from vendhub.services.ports import GatewayError, InvalidNotification, PaymentProvider
 
 log = logging.getLogger(__name__)
 
 CLOSED = (OrderStatus.EXPIRED.value, OrderStatus.CANCELLED.value)
+# A customer's "I paid" asks the gateway at most this often per order.
+VERIFY_MIN_INTERVAL_S = 5
 
 
 async def reconcile_pending(
@@ -51,6 +54,36 @@ async def reconcile_pending(
         if outcome is not None:
             outcomes[order_id] = outcome
     return outcomes
+
+
+async def verify_now(ctx: ServiceContext, provider: PaymentProvider, order_id: str) -> bool:
+    """Someone says the order is paid: ask the gateway (never them); True if it was asked.
+
+    Only unpaid orders are asked about, and each at most every VERIFY_MIN_INTERVAL_S, so
+    this cannot be used to hammer the gateway; the answer takes the webhook's own path.
+    """
+    now = ctx.clock()
+    async with ctx.engine.begin() as conn:
+        status = await conn.scalar(sa.select(orders.c.status).where(orders.c.id == order_id))
+        if status is None:
+            raise NotFound(f"order {order_id} not found")
+        if status != OrderStatus.PENDING.value:
+            return False
+        claimed = await conn.execute(
+            sa.update(payments)
+            .where(
+                payments.c.order_id == order_id,
+                sa.or_(
+                    payments.c.checked_at.is_(None),
+                    payments.c.checked_at <= now - timedelta(seconds=VERIFY_MIN_INTERVAL_S),
+                ),
+            )
+            .values(checked_at=now, check_count=payments.c.check_count + 1)
+        )
+    if claimed.rowcount != 1:
+        return False
+    await _ask_and_apply(ctx, provider, order_id)
+    return True
 
 
 async def _ask_and_apply(

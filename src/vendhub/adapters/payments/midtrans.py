@@ -32,7 +32,12 @@ WIB = timezone(timedelta(hours=7))
 # Midtrans refuses item names longer than 50 characters.
 ITEM_NAME_MAX = 50
 # Direct charges that are not QRIS go through Snap with only that channel enabled.
-SNAP_CHANNELS = {"gopay": ["gopay"], "shopeepay": ["shopeepay"]}
+SNAP_CHANNELS = {
+    "gopay": ["gopay"],
+    "shopeepay": ["shopeepay"],
+    # The seed's "va": the bank virtual accounts Snap offers.
+    "va": ["bca_va", "bni_va", "bri_va", "permata_va", "echannel", "other_va"],
+}
 
 
 @dataclass(frozen=True, slots=True)

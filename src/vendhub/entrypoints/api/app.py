@@ -67,6 +67,7 @@ def create_app(
         debug,
     ):
         app.include_router(module.router)
+    app.include_router(telemetry.temperature_router)
     return app
 
 

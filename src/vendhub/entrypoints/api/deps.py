@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from vendhub.bootstrap import Container
@@ -13,6 +13,7 @@ from vendhub.services import auth
 from vendhub.services.auth import Role
 from vendhub.services.context import ServiceContext
 from vendhub.services.errors import Forbidden, NotFound, Unauthorized
+from vendhub.services.views import MAX_LIMIT, Window
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -72,3 +73,14 @@ async def debug_enabled(request: Request, container: ContainerDep) -> None:
         claims = auth.read_token(creds.credentials, container.settings.jwt_secret)
         if claims["role"] not in (Role.ADMIN.value, Role.SUPER_ADMIN.value):
             raise Forbidden("debug endpoints are admin-only in production")
+
+
+def window(
+    limit: int = Query(default=100, ge=1, le=MAX_LIMIT, description="rows per page"),
+    offset: int = Query(default=0, ge=0, le=1_000_000, description="rows to skip"),
+) -> Window:
+    """Every list endpoint's page: `limit` rows from `offset` (see the reply's next_offset)."""
+    return Window(limit, offset)
+
+
+WindowDep = Annotated[Window, Depends(window)]

@@ -3,14 +3,41 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from vendhub.protocol.messages import PresenceStatus
 from vendhub.services.auth import Role
 from vendhub.services.stock import ChangeType
+from vendhub.services.views import (
+    MachineView,
+    ProductView,
+    SlotView,
+)
 
 Strict = ConfigDict(extra="forbid", strict=True)
+
+
+def _seed_id(value: Any) -> Any:
+    """The seed's ids were integers: a number is accepted where we expect an id string."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _seed_method(value: Any) -> Any:
+    """The seed's payment_method values, any case; "midtrans" is the Snap page."""
+    if isinstance(value, str):
+        value = value.strip().lower()
+        return "snap" if value == "midtrans" else value
+    return value
+
+
+SeedId = Annotated[str, BeforeValidator(_seed_id)]
+PaymentMethod = Annotated[
+    Literal["qris", "snap", "gopay", "shopeepay", "va"], BeforeValidator(_seed_method)
+]
 
 
 class ErrorBody(BaseModel):
@@ -25,17 +52,23 @@ class LoginRequest(BaseModel):
     password: str = Field(min_length=1, max_length=256)
 
 
+class UserPublic(BaseModel):
+    id: str
+    username: str | None
+    role: str
+
+
 class TokenResponse(BaseModel):
     success: bool = True
     token: str
     token_type: str = "bearer"
-    user: dict[str, Any]
+    user: UserPublic
 
 
 class OrderLineIn(BaseModel):
     model_config = Strict
     slot_number: int | None = Field(default=None, ge=1, le=1000)
-    slot_id: str | None = Field(default=None, max_length=40)
+    slot_id: SeedId | None = Field(default=None, max_length=40)
     quantity: int = Field(default=1, ge=1, le=20)
 
     @model_validator(mode="after")
@@ -48,7 +81,7 @@ class OrderLineIn(BaseModel):
 class OrderCreate(OrderLineIn):
     machine_id: str | None = Field(default=None, max_length=50)
     customer_phone: str | None = Field(default=None, max_length=32)
-    payment_method: Literal["qris", "snap", "gopay", "shopeepay"] | None = None
+    payment_method: PaymentMethod | None = None
 
 
 class MultiOrderCreate(BaseModel):
@@ -56,7 +89,7 @@ class MultiOrderCreate(BaseModel):
     machine_id: str | None = Field(default=None, max_length=50)
     items: list[OrderLineIn] = Field(min_length=1, max_length=20)
     customer_phone: str | None = Field(default=None, max_length=32)
-    payment_method: Literal["qris", "snap", "gopay", "shopeepay"] | None = None
+    payment_method: PaymentMethod | None = None
 
 
 class PaymentInfo(BaseModel):
@@ -109,21 +142,45 @@ class RefundPublic(BaseModel):
     completed_at: datetime | None
 
 
-class OrderPublic(BaseModel):
+class OrderStatusPublic(BaseModel):
+    """What anyone holding the order id may read: its state, never who the customer is.
+
+    The seed's kiosk fields are flat: for a multi-item order `product_name`, `slot_number`
+    and `unit_price` are those of the first item and `quantity` counts every unit.
+    """
+
+    success: bool = True
     order_id: str
     machine_id: str
     status: str
+    payment_status: str | None
+    product_name: str
+    slot_number: int
+    quantity: int
+    unit_price: int
     total_amount: int
     refunded_amount: int
+    # True while any refund of this order is still owed (PENDING) or was refused (FAILED).
+    refund_pending: bool = False
     expires_at: datetime
     paid_at: datetime | None
+    payment_processed_at: datetime | None
     dispensed_at: datetime | None
     created_at: datetime
     items: list[OrderItemPublic]
     dispenses: list[DispensePublic]
+
+
+class OrderPublic(OrderStatusPublic):
+    """The whole order: the creator (access token) and operators read this."""
+
+    customer_phone: str | None = None
+    payment_method: str | None = None
+    # The seed's flat payment fields, copied from `payment`.
+    payment_url: str | None = None
+    payment_token: str | None = None
+    qr_string: str | None = None
     refunds: list[RefundPublic]
-    # True while any refund of this order is still owed (PENDING) or was refused (FAILED).
-    refund_pending: bool = False
     payment: PaymentInfo | None
 
 
@@ -144,6 +201,7 @@ class MachineUpdate(BaseModel):
 
 
 class MachinePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
     id: str
     name: str
     location: str | None
@@ -154,6 +212,10 @@ class MachinePublic(BaseModel):
     last_seen_at: datetime | None
     config_version: int
     telemetry_interval_s: int
+
+    @classmethod
+    def of(cls, view: MachineView) -> MachinePublic:
+        return cls.model_validate(view)
 
 
 class SlotUpdate(BaseModel):
@@ -166,6 +228,7 @@ class SlotUpdate(BaseModel):
 
 
 class SlotPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
     id: str
     machine_id: str
     slot_number: int
@@ -179,6 +242,10 @@ class SlotPublic(BaseModel):
     motor_duration_ms: int
     is_active: bool
     sensed_level: str | None
+
+    @classmethod
+    def of(cls, view: SlotView) -> SlotPublic:
+        return cls.model_validate(view)
 
 
 class ProductIn(BaseModel):
@@ -203,16 +270,66 @@ class ProductPublic(BaseModel):
     slot_id: str | None = None
     machine_id: str | None = None
     available: int | None = None
+    # The seed's names: product_id/product_name, the slot's final_price and current_stock
+    # (here the units a customer can still buy: counted stock minus open reservations).
+    product_id: str
+    product_name: str
+    final_price: int
+    current_stock: int | None = None
+    capacity: int | None = None
+
+    @classmethod
+    def of(cls, view: ProductView) -> ProductPublic:
+        return cls(
+            **view.model_dump(),
+            product_id=view.id,
+            product_name=view.name,
+            final_price=view.price,
+            current_stock=view.available,
+        )
 
 
 class StockUpdate(BaseModel):
+    """Ours: slot_number + change_type + quantity_change | new_stock.
+
+    The seed's: slot_id + quantity, a change (RESTOCK by default) or, for AUDIT, the count.
+    """
+
     model_config = Strict
     machine_id: str | None = Field(default=None, max_length=50)
-    slot_number: int = Field(ge=1, le=1000)
-    change_type: ChangeType = Field(strict=False)
+    slot_number: int | None = Field(default=None, ge=1, le=1000)
+    slot_id: SeedId | None = Field(default=None, min_length=1, max_length=40)
+    change_type: ChangeType = Field(default=ChangeType.RESTOCK, strict=False)
     quantity_change: int | None = Field(default=None, ge=-1000, le=1000)
     new_stock: int | None = Field(default=None, ge=0, le=1000)
+    quantity: int | None = Field(default=None, ge=-1000, le=1000)
     reason: str | None = Field(default=None, max_length=500)
+
+    @model_validator(mode="after")
+    def _one_slot(self) -> StockUpdate:
+        if (self.slot_number is None) == (self.slot_id is None):
+            raise ValueError("give exactly one of slot_number or slot_id")
+        if self.quantity is not None and (
+            self.quantity_change is not None or self.new_stock is not None
+        ):
+            raise ValueError("give quantity, or quantity_change / new_stock, not both")
+        return self
+
+    @property
+    def slot_ref(self) -> str | int:
+        return self.slot_number if self.slot_number is not None else str(self.slot_id)
+
+    @property
+    def delta(self) -> int | None:
+        if self.quantity is not None and self.change_type is not ChangeType.AUDIT:
+            return self.quantity
+        return self.quantity_change
+
+    @property
+    def count(self) -> int | None:
+        if self.quantity is not None and self.change_type is ChangeType.AUDIT:
+            return self.quantity
+        return self.new_stock
 
 
 class DispenseTrigger(BaseModel):
@@ -257,3 +374,50 @@ class MachineCredentials(BaseModel):
 
     username: str
     password: str
+
+
+def _seed_presence(value: Any) -> Any:
+    """The seed's admin words for a machine's state, any case, onto our presence states."""
+    if isinstance(value, str):
+        value = value.strip().upper()
+        return {"ACTIVE": "ONLINE", "INACTIVE": "OFFLINE"}.get(value, value)
+    return value
+
+
+class MachineStatusChange(BaseModel):
+    model_config = Strict
+    status: Annotated[PresenceStatus, BeforeValidator(_seed_presence)] = Field(strict=False)
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class SlotAssign(BaseModel):
+    model_config = Strict
+    slot_number: int | None = Field(default=None, ge=1, le=1000)
+    slot_id: SeedId | None = Field(default=None, min_length=1, max_length=40)
+    product_id: SeedId = Field(min_length=1, max_length=40)
+    capacity: int | None = Field(default=None, ge=0, le=1000)
+    price_override: int | None = Field(default=None, ge=0, le=100_000_000)
+    motor_duration_ms: int | None = Field(default=None, ge=100, le=60_000)
+    is_active: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_slot(self) -> SlotAssign:
+        if (self.slot_number is None) == (self.slot_id is None):
+            raise ValueError("give exactly one of slot_number or slot_id")
+        return self
+
+    @property
+    def slot_ref(self) -> str | int:
+        return self.slot_number if self.slot_number is not None else str(self.slot_id)
+
+
+class PaymentMethodChange(BaseModel):
+    model_config = Strict
+    payment_method: PaymentMethod | None = None
+
+
+class VerifyClaim(BaseModel):
+    """The seed's verify body; whatever status it claims is read by no one."""
+
+    model_config = ConfigDict(extra="ignore")
+    status: str | None = Field(default=None, max_length=32)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from vendhub.entrypoints.api.deps import CtxDep, CurrentUser
+from vendhub.entrypoints.api.replies import FinanceSummary
 from vendhub.services import finance
 from vendhub.services.errors import InvalidRequest
 
@@ -21,11 +22,11 @@ async def summary(
     machine_id: str | None = None,
     start: Annotated[datetime | None, Query(alias="from")] = None,
     end: Annotated[datetime | None, Query(alias="to")] = None,
-) -> dict[str, Any]:
+) -> FinanceSummary:
     """Payments received in [from, to): gross, refunded, net, units per product, failure rate."""
     for value in (start, end):
         if value is not None and value.tzinfo is None:
             raise InvalidRequest("from/to need a UTC offset, e.g. 2026-11-27T00:00:00Z")
     if start is not None and end is not None and end <= start:
         raise InvalidRequest("'to' must be after 'from'")
-    return await finance.summary(ctx, machine_id, start, end)
+    return FinanceSummary.model_validate(await finance.summary(ctx, machine_id, start, end))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import sqlalchemy as sa
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -11,17 +9,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vendhub.domain.model import OrderStatus, UnitStatus
 from vendhub.entrypoints.api.deps import ContainerDep
+from vendhub.entrypoints.api.replies import Health, Readiness
 from vendhub.services import stats
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-async def health() -> dict[str, Any]:
-    return {"status": "ok"}
+async def health() -> Health:
+    return Health()
 
 
-@router.get("/ready")
+@router.get(
+    "/ready", response_model=Readiness, responses={503: {"model": Readiness, "description": "down"}}
+)
 async def ready(container: ContainerDep) -> JSONResponse:
     db_ok = True
     try:
@@ -30,11 +31,11 @@ async def ready(container: ContainerDep) -> JSONResponse:
     except Exception:
         db_ok = False
     mqtt_ok = container.mqtt.connected
-    body = {"ready": db_ok and mqtt_ok, "database": db_ok, "mqtt": mqtt_ok}
-    return JSONResponse(body, status_code=200 if body["ready"] else 503)
+    body = Readiness(ready=db_ok and mqtt_ok, database=db_ok, mqtt=mqtt_ok)
+    return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def metrics(container: ContainerDep) -> Response:
     m = container.metrics
     m.queue_depth.labels("events").set(container.intake.events.qsize())

@@ -2,38 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Path, Response
 
-from vendhub.entrypoints.api.deps import AdminUser, CtxDep, CurrentUser, TechUser
+from vendhub.entrypoints.api.deps import AdminUser, CtxDep, CurrentUser, TechUser, WindowDep
+from vendhub.entrypoints.api.replies import ConfigPushed, MachineStatusChanged, Page, SlotAssigned
 from vendhub.entrypoints.api.schemas import (
     MachineCreate,
     MachineCredentials,
     MachinePublic,
+    MachineStatusChange,
     MachineUpdate,
+    SlotAssign,
     SlotPublic,
     SlotUpdate,
 )
-from vendhub.services import broker_credentials, catalog
+from vendhub.services import broker_credentials, catalog, fleet
+from vendhub.services.views import Slice
 
 router = APIRouter(prefix="/api/machines", tags=["machines"])
 SlotNumber = Path(ge=1, le=1000)
 
 
 @router.get("")
-async def list_machines(ctx: CtxDep, _: CurrentUser) -> list[MachinePublic]:
-    return [MachinePublic(**m) for m in await catalog.list_machines(ctx)]
+async def list_machines(ctx: CtxDep, _: CurrentUser, page: WindowDep) -> Page[MachinePublic]:
+    return Page[MachinePublic].of(Slice.cut(await catalog.list_machines(ctx), page))
 
 
 @router.post("", status_code=201)
 async def create_machine(body: MachineCreate, ctx: CtxDep, _: AdminUser) -> MachinePublic:
-    return MachinePublic(**await catalog.create_machine(ctx, body.model_dump()))
+    return MachinePublic.of(await catalog.create_machine(ctx, body.model_dump()))
 
 
 @router.get("/{machine_id}")
 async def get_machine(machine_id: str, ctx: CtxDep, _: CurrentUser) -> MachinePublic:
-    return MachinePublic(**await catalog.get_machine(ctx, machine_id))
+    return MachinePublic.of(await catalog.get_machine(ctx, machine_id))
 
 
 @router.patch("/{machine_id}")
@@ -41,12 +43,14 @@ async def update_machine(
     machine_id: str, body: MachineUpdate, ctx: CtxDep, _: AdminUser
 ) -> MachinePublic:
     data = body.model_dump(exclude_unset=True)
-    return MachinePublic(**await catalog.update_machine(ctx, machine_id, data))
+    return MachinePublic.of(await catalog.update_machine(ctx, machine_id, data))
 
 
 @router.get("/{machine_id}/slots")
-async def list_slots(machine_id: str, ctx: CtxDep, _: CurrentUser) -> list[SlotPublic]:
-    return [SlotPublic(**s) for s in await catalog.list_slots(ctx, machine_id)]
+async def list_slots(
+    machine_id: str, ctx: CtxDep, _: CurrentUser, page: WindowDep
+) -> Page[SlotPublic]:
+    return Page[SlotPublic].of(Slice.cut(await catalog.list_slots(ctx, machine_id), page))
 
 
 @router.put("/{machine_id}/slots/{slot_number}")
@@ -58,13 +62,32 @@ async def put_slot(
     slot_number: int = SlotNumber,
 ) -> SlotPublic:
     data = body.model_dump(exclude_unset=True)
-    return SlotPublic(**await catalog.upsert_slot(ctx, machine_id, slot_number, data))
+    return SlotPublic.of(await catalog.upsert_slot(ctx, machine_id, slot_number, data))
 
 
 @router.post("/{machine_id}/config")
-async def push_config(machine_id: str, ctx: CtxDep, _: TechUser) -> dict[str, Any]:
+async def push_config(machine_id: str, ctx: CtxDep, _: TechUser) -> ConfigPushed:
     config = await catalog.push_config(ctx, machine_id)
-    return {"success": True, "config": config.model_dump(by_alias=True)}
+    return ConfigPushed(config=config.model_dump(by_alias=True))
+
+
+@router.post("/{machine_id}/status")
+async def set_status(
+    machine_id: str, body: MachineStatusChange, ctx: CtxDep, user: TechUser
+) -> MachineStatusChanged:
+    """The seed's status switch; the device's own next status message still wins."""
+    await fleet.set_status_by_operator(
+        ctx, machine_id, body.status, user.get("username"), body.reason
+    )
+    return MachineStatusChanged(data=MachinePublic.of(await catalog.get_machine(ctx, machine_id)))
+
+
+@router.post("/{machine_id}/slots/assign")
+async def assign_slot(machine_id: str, body: SlotAssign, ctx: CtxDep, _: AdminUser) -> SlotAssigned:
+    """The seed's slot assignment: a product (and optionally its set-up) into one slot."""
+    data = body.model_dump(exclude_unset=True, exclude={"slot_number", "slot_id", "product_id"})
+    slot = await catalog.assign_slot(ctx, machine_id, body.slot_ref, body.product_id, data)
+    return SlotAssigned(data=SlotPublic.of(slot))
 
 
 @router.post("/{machine_id}/credentials")

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from vendhub.domain.model import OrderStatus
-from vendhub.entrypoints.api.deps import AdminUser, ContainerDep, CtxDep, CurrentUser
+from vendhub.entrypoints.api.deps import AdminUser, ContainerDep, CtxDep, CurrentUser, WindowDep
+from vendhub.entrypoints.api.replies import Page, RefundResponse
 from vendhub.entrypoints.api.schemas import (
     DispensePublic,
     MultiOrderCreate,
     OrderCreate,
     OrderItemPublic,
     OrderPublic,
+    OrderStatusPublic,
     PaymentInfo,
     RefundPublic,
 )
@@ -21,35 +23,58 @@ from vendhub.services import orders, refunds
 from vendhub.services.checkout import checkout
 from vendhub.services.context import ServiceContext
 from vendhub.services.orders import OrderLine
+from vendhub.services.views import OrderSummaryView
 
 router = APIRouter(prefix="/api/orders", tags=["orders"])
 
+STATUS_FIELDS = (
+    "machine_id",
+    "status",
+    "total_amount",
+    "refunded_amount",
+    "expires_at",
+    "paid_at",
+    "dispensed_at",
+    "created_at",
+)
+
+
+def order_status_public(order: dict[str, Any]) -> OrderStatusPublic:
+    """The fields anyone polling the order may see (the seed's kiosk fields among them)."""
+    return OrderStatusPublic(**_status_fields(order))
+
 
 def order_public(order: dict[str, Any]) -> OrderPublic:
+    """The whole order, including what identifies the customer and how they pay."""
     payment = order.get("payment")
     return OrderPublic(
-        order_id=order["id"],
-        **{
-            k: order[k]
-            for k in (
-                "machine_id",
-                "status",
-                "total_amount",
-                "refunded_amount",
-                "expires_at",
-                "paid_at",
-                "dispensed_at",
-                "created_at",
-            )
-        },
-        items=[
-            OrderItemPublic(**i, subtotal=i["unit_price"] * i["quantity"]) for i in order["items"]
-        ],
-        dispenses=[DispensePublic(command_id=d["id"], **d) for d in order["dispenses"]],
+        **_status_fields(order),
+        customer_phone=order["customer_phone"],
+        payment_method=order["payment_method"],
+        payment_url=payment["redirect_url"] if payment else None,
+        payment_token=payment["token"] if payment else None,
+        qr_string=payment["qr_string"] if payment else None,
         refunds=[RefundPublic(**r) for r in order["refunds"]],
-        refund_pending=any(r["status"] in ("PENDING", "FAILED") for r in order["refunds"]),
         payment=PaymentInfo(**payment) if payment else None,
     )
+
+
+def _status_fields(order: dict[str, Any]) -> dict[str, Any]:
+    items = order["items"]
+    payment = order.get("payment")
+    return {
+        "order_id": order["id"],
+        **{k: order[k] for k in STATUS_FIELDS},
+        "payment_status": payment["status"] if payment else None,
+        "payment_processed_at": payment["paid_at"] if payment else None,
+        "product_name": items[0]["product_name"],
+        "slot_number": items[0]["slot_number"],
+        "unit_price": items[0]["unit_price"],
+        "quantity": sum(i["quantity"] for i in items),
+        "items": [OrderItemPublic(**i, subtotal=i["unit_price"] * i["quantity"]) for i in items],
+        "dispenses": [DispensePublic(command_id=d["id"], **d) for d in order["dispenses"]],
+        "refund_pending": any(r["status"] in ("PENDING", "FAILED") for r in order["refunds"]),
+    }
 
 
 async def load(ctx: ServiceContext, order_id: str) -> OrderPublic:
@@ -91,12 +116,25 @@ async def create_multi_order(body: MultiOrderCreate, container: ContainerDep) ->
 async def list_orders(
     ctx: CtxDep,
     _: CurrentUser,
+    page: WindowDep,
     machine_id: str | None = None,
     status: OrderStatus | None = None,
-    limit: int = Query(default=50, ge=1, le=500),
-) -> list[dict[str, Any]]:
-    rows = await orders.list_orders(ctx, machine_id, status.value if status else None, limit)
-    return [{"order_id": r.pop("id"), **r} for r in rows]
+) -> Page[OrderSummaryView]:
+    part = await orders.list_orders(ctx, machine_id, status.value if status else None, page)
+    return Page[OrderSummaryView].of(part)
+
+
+@router.get("/machine/{machine_id}")
+async def machine_orders(
+    machine_id: str,
+    ctx: CtxDep,
+    _: CurrentUser,
+    page: WindowDep,
+    status: OrderStatus | None = None,
+) -> Page[OrderSummaryView]:
+    """The seed's per-machine order list (operators), newest first."""
+    part = await orders.machine_orders(ctx, machine_id, status.value if status else None, page)
+    return Page[OrderSummaryView].of(part)
 
 
 @router.get("/{order_id}")
@@ -105,13 +143,11 @@ async def get_order(order_id: str, ctx: CtxDep) -> OrderPublic:
 
 
 @router.post("/{order_id}/refund")
-async def refund_order(order_id: str, container: ContainerDep, _: AdminUser) -> dict[str, Any]:
+async def refund_order(order_id: str, container: ContainerDep, _: AdminUser) -> RefundResponse:
     """Refund what was paid and neither dropped nor refunded; calling again changes nothing."""
     refund = await refunds.request_manual_refund(
         container.ctx, container.payments, container.payment_policy, order_id
     )
-    return {
-        "success": refund["status"] != "FAILED",
-        "order_id": order_id,
-        "refund": RefundPublic(**refund),
-    }
+    return RefundResponse(
+        success=refund["status"] != "FAILED", order_id=order_id, refund=RefundPublic(**refund)
+    )

@@ -1,17 +1,19 @@
-"""Telemetry queries."""
+"""Telemetry queries (operators) and the seed's public temperature reading."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
-from vendhub.entrypoints.api.deps import CtxDep, CurrentUser
+from vendhub.entrypoints.api.deps import CtxDep, CurrentUser, WindowDep
+from vendhub.entrypoints.api.replies import Page, TemperaturePage
 from vendhub.services import reports
 from vendhub.services.errors import InvalidRequest, NotFound
+from vendhub.services.views import TelemetryView, Window
 
 router = APIRouter(prefix="/api/telemetry", tags=["telemetry"])
+temperature_router = APIRouter(prefix="/api/temperature", tags=["telemetry"])
 
 
 @router.get("/{machine_id}")
@@ -19,17 +21,25 @@ async def telemetry(
     machine_id: str,
     ctx: CtxDep,
     _: CurrentUser,
+    page: WindowDep,
     since: datetime | None = None,
-    limit: int = Query(default=100, ge=1, le=5000),
-) -> list[dict[str, Any]]:
+) -> Page[TelemetryView]:
     if since is not None and since.tzinfo is None:
         raise InvalidRequest("since must carry a timezone (e.g. 2026-11-27T00:00:00Z)")
-    return await reports.telemetry_for(ctx, machine_id, since, limit)
+    return Page[TelemetryView].of(await reports.telemetry_for(ctx, machine_id, since, page))
 
 
 @router.get("/{machine_id}/latest")
-async def latest(machine_id: str, ctx: CtxDep, _: CurrentUser) -> dict[str, Any]:
-    rows = await reports.telemetry_for(ctx, machine_id, None, 1)
-    if not rows:
+async def latest(machine_id: str, ctx: CtxDep, _: CurrentUser) -> TelemetryView:
+    part = await reports.telemetry_for(ctx, machine_id, None, Window(limit=1))
+    if not part.items:
         raise NotFound(f"no telemetry from machine {machine_id} yet")
-    return rows[0]
+    return part.items[0]
+
+
+@temperature_router.get("/{machine_id}")
+async def temperature(machine_id: str, ctx: CtxDep, page: WindowDep) -> TemperaturePage:
+    """The seed's temperature endpoint: readings newest first, the latest also at the top."""
+    return TemperaturePage.of_readings(
+        machine_id, await reports.temperature_for(ctx, machine_id, page)
+    )
