@@ -16,6 +16,12 @@ need_pkg() {
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2") >/dev/null
 }
 
+# The browser tier (tests/ui) drives Debian's Chromium; Playwright never downloads one.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "services: installing chromium"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+fi
+
 if ! port_open 1883; then
   need_pkg mosquitto mosquitto
   echo "services: starting Mosquitto"
