@@ -1,0 +1,192 @@
+"""Console and kiosk pages over ASGI on every database: sign-in, CSRF, roles, queries, /docs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+
+from tests.integration.helpers import add_user, api_client, pay, quick_shop
+from vendhub.services import overview
+from vendhub.services.checkout import checkout
+from vendhub.services.orders import OrderLine
+
+pytestmark = pytest.mark.integration
+PAGES = ["", "/machines", "/machines/VM01", "/products", "/orders", "/alerts", "/refunds",
+         "/finance", "/users", "/orders.csv", "/finance.csv"]  # fmt: skip
+
+
+@pytest.fixture
+async def site(
+    engine: Any, backend: str, database_urls: dict[str, str]
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    async with api_client(database_urls[backend]) as (http, container):
+        await quick_shop(container.ctx, stock=5)
+        yield http, container
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html[:500]
+    return found.group(1)
+
+
+async def sign_in(http: httpx.AsyncClient, username: str, password: str) -> httpx.Response:
+    form = await http.get("/console/login")
+    return await http.post(
+        "/console/login",
+        data={"username": username, "password": password, "csrf": csrf_of(form.text)},
+    )
+
+
+async def test_console_pages_redirect_to_sign_in_until_a_session_cookie_is_set(
+    site: tuple[httpx.AsyncClient, Any],
+) -> None:
+    http, _ = site
+    away = await http.get("/console/orders?status=PAID")
+    assert away.status_code == 303
+    assert away.headers["location"] == "/console/login?next=/console/orders%3Fstatus%3DPAID"
+    no_csrf = await http.post("/console/login", data={"username": "admin", "password": "admin123"})
+    assert no_csrf.status_code == 401 and "vendhub_session" not in no_csrf.cookies
+    wrong = await sign_in(http, "admin", "nope-nope")
+    assert wrong.status_code == 401 and "Wrong username or password" in wrong.text
+    signed = await sign_in(http, "admin", "admin123")
+    assert signed.status_code == 303 and signed.headers["location"] == "/console"
+    cookie = signed.headers["set-cookie"]
+    assert "vendhub_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert (await http.get("/console")).status_code == 200
+
+
+async def test_a_login_never_redirects_off_site(site: tuple[httpx.AsyncClient, Any]) -> None:
+    http, _ = site
+    form = await http.get("/console/login?next=https://evil.example/")
+    assert 'value="/console"' in form.text
+    response = await http.post(
+        "/console/login",
+        data={
+            "username": "admin",
+            "password": "admin123",
+            "csrf": csrf_of(form.text),
+            "next": "//evil.example/console",
+        },
+    )
+    assert response.headers["location"] == "/console"
+
+
+async def test_every_console_page_renders_on_this_database_with_sales_in_it(
+    site: tuple[httpx.AsyncClient, Any],
+) -> None:
+    http, container = site
+    ctx = container.ctx
+    order_id = await checkout(
+        ctx, container.payments, "VM01", [OrderLine(slot_number=1, quantity=2)],
+        customer_phone=None, payment_method=None,
+    )  # fmt: skip
+    await pay(ctx, order_id, 16000)
+    await sign_in(http, "admin", "admin123")
+    for path in PAGES:
+        response = await http.get(f"/console{path}")
+        assert response.status_code == 200, (path, response.text[:300])
+    dashboard = (await http.get("/console")).text
+    assert 'data-testid="machine-VM01"' in dashboard and 'data-testid="sales-chart"' in dashboard
+    assert "Rp 16.000" in dashboard
+    orders = (await http.get("/console/orders?status=PENDING_DISPENSE&machine=VM01")).text
+    assert order_id in orders
+    assert order_id not in (await http.get("/console/orders?status=COMPLETED")).text
+    assert order_id in (await http.get("/console/orders.csv")).text
+    detail = await http.get(f"/console/orders/{order_id}")
+    assert detail.status_code == 200 and "Coca Cola" in detail.text
+
+
+async def test_forms_need_the_sessions_csrf_token_and_the_role_the_api_needs(
+    site: tuple[httpx.AsyncClient, Any],
+) -> None:
+    http, container = site
+    await add_user(container.ctx, "audrey", "audit-pass-1", "AUDITOR")
+    await sign_in(http, "audrey", "audit-pass-1")
+    page = await http.get("/console/machines/VM01")
+    token = csrf_of(page.text)
+    assert (await http.get("/console/users")).status_code == 403
+    refused = await http.post("/console/machines/VM01/fill", data={"csrf": token})
+    assert refused.status_code == 403
+    http.cookies.clear()
+    await sign_in(http, "admin", "admin123")
+    forged = await http.post("/console/machines/VM01/fill", data={"csrf": token})
+    assert forged.status_code == 403  # another session's token
+    good = csrf_of((await http.get("/console/machines/VM01")).text)
+    filled = await http.post("/console/machines/VM01/fill", data={"csrf": good})
+    assert filled.status_code == 303 and "ok=" in filled.headers["location"]
+    slots = (await http.get("/api/stock/VM01", headers=await _bearer(http))).json()
+    assert all(s["current_stock"] == s["capacity"] for s in slots)
+
+
+async def _bearer(http: httpx.AsyncClient) -> dict[str, str]:
+    token = (
+        await http.post("/api/auth/login", json={"username": "admin", "password": "admin123"})
+    ).json()["token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_sales_days_follow_the_display_time_zone(
+    site: tuple[httpx.AsyncClient, Any],
+) -> None:
+    _, container = site
+    ctx = container.ctx
+    order_id = await checkout(
+        ctx, container.payments, "VM01", [OrderLine(slot_number=2)],
+        customer_phone=None, payment_method=None,
+    )  # fmt: skip
+    # 18:30 UTC on the 26th is already the 27th in Jakarta (UTC+7).
+    ctx.clock = lambda: datetime(2026, 11, 26, 18, 30, tzinfo=UTC)
+    await pay(ctx, order_id, 5000)
+    jakarta = ZoneInfo("Asia/Jakarta")
+    days = await overview.sales_by_day(ctx, jakarta, date(2026, 11, 26), date(2026, 11, 27), None)
+    assert [(d.day.day, d.orders, d.gross) for d in days] == [(26, 0, 0), (27, 1, 5000)]
+    utc = await overview.sales_by_day(
+        ctx, ZoneInfo("UTC"), date(2026, 11, 26), date(2026, 11, 27), None
+    )
+    assert [(d.day.day, d.gross) for d in utc] == [(26, 5000), (27, 0)]
+
+
+async def test_the_kiosk_and_docs_work_without_any_outside_asset(
+    site: tuple[httpx.AsyncClient, Any],
+) -> None:
+    http, _ = site
+    for path in ("/kiosk/VM01", "/kiosk/VM01?lang=en", "/docs", "/console/login"):
+        html = (await http.get(path)).text
+        for src in re.findall(r'(?:src|href)="([^"]+)"', html):
+            assert not src.startswith(("http:", "https:", "//")), (path, src)
+    docs = (await http.get("/docs")).text
+    assert "/static-offline-docs/swagger-ui-bundle.js" in docs
+    assert (await http.get("/static-offline-docs/swagger-ui-bundle.js")).status_code == 200
+    assert "Pilih minuman" in (await http.get("/kiosk/VM01")).text
+    assert "Pick a drink" in (await http.get("/kiosk/VM01?lang=en")).text
+    assert (await http.get("/kiosk/NOPE")).status_code == 404
+
+
+async def test_kiosk_checkout_refuses_hostile_carts_and_changes_nothing(
+    site: tuple[httpx.AsyncClient, Any],
+) -> None:
+    http, container = site
+    for body in ({"items": []}, {"items": [{"slot_number": 0, "quantity": 1}]},
+                 {"items": [{"slot_number": 1, "quantity": 999}]}, {"items": "x"}):  # fmt: skip
+        response = await http.post("/kiosk/VM01/orders", json=body)
+        assert response.status_code == 422, body
+    too_many = await http.post(
+        "/kiosk/VM01/orders", json={"items": [{"slot_number": 1, "quantity": 6}]}
+    )
+    assert too_many.status_code == 409
+    _rows, total = await overview.order_page(container.ctx, overview.OrderQuery(), 10, 0)
+    assert total == 0
+    made = await http.post(
+        "/kiosk/VM01/orders", json={"items": [{"slot_number": 1, "quantity": 2}]}
+    )
+    assert made.status_code == 200
+    body = made.json()
+    assert body["total_amount"] == 16000 and 'data-testid="payment-qr"' in body["html"]
+    assert "<svg" in body["html"] and "Rp 16.000" in body["html"]
