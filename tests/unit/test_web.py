@@ -6,10 +6,11 @@ import re
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from vendhub.domain.money import rupiah
 from vendhub.entrypoints.web import i18n
 from vendhub.entrypoints.web.charts import bar_chart, line_chart
 from vendhub.entrypoints.web.console import safe_next
-from vendhub.entrypoints.web.render import local_time, rupiah
+from vendhub.entrypoints.web.render import local_time
 from vendhub.entrypoints.web.session import csrf_token, same
 from vendhub.services.accounts import may_grant
 from vendhub.services.auth import Role

@@ -18,6 +18,7 @@ from vendhub.domain.model import (
     check_unit_transition,
     order_outcome,
 )
+from vendhub.domain.money import rupiah
 from vendhub.protocol.messages import DispenseCommand
 from vendhub.services import alerts, stock
 from vendhub.services.context import ServiceContext
@@ -230,7 +231,7 @@ async def settle_unit(
             kind="VEND_FAILED",
             severity=alerts.Severity.WARNING,
             message=f"slot {unit['slot_number']} failed to vend for order {unit['order_id']} "
-            f"({error or 'unknown'}); Rp {unit['unit_price']} is owed back",
+            f"({error or 'unknown'}); {rupiah(unit['unit_price'])} is owed back",
             details={"order_id": unit["order_id"], "command_id": unit["id"]},
             now=now,
         )

@@ -6,7 +6,8 @@ from html import escape
 
 from markupsafe import Markup
 
-from vendhub.entrypoints.web.render import rupiah, svg
+from vendhub.domain.money import rupiah
+from vendhub.entrypoints.web.render import svg
 
 
 def bar_chart(
@@ -48,7 +49,7 @@ def line_chart(
     series: list[tuple[str, list[float | None]]],
     labels: list[str],
     *,
-    width: int = 720,
+    width: int = 520,
     height: int = 200,
     test_id: str = "",
 ) -> Markup:
@@ -74,15 +75,21 @@ def line_chart(
             if v is not None
         ]
         parts.append(f'<polyline class="series s{k}" points="{" ".join(points)}"/>')
+        if len(points) <= 2:  # a line needs two points; show lone readings as dots
+            for point in points:
+                cx, cy = point.split(",")
+                parts.append(f'<circle class="s{k}" cx="{cx}" cy="{cy}" r="4"/>')
         parts.append(
             f'<text class="legend s{k}" x="{pad + k * 200}" y="14">'
             f"{escape(name)} {low:.1f}–{high:.1f}</text>"
         )
-    for i in (0, len(labels) - 1):
-        if labels:
+    if labels:
+        edges = [(0, "first")] + ([(len(labels) - 1, "last")] if len(labels) > 1 else [])
+        for i, edge in edges:
             x = pad + i * (width - 2 * pad) / (n - 1)
             parts.append(
-                f'<text class="label" x="{x:.1f}" y="{height - 8}">{escape(labels[i])}</text>'
+                f'<text class="label {edge}" x="{x:.1f}" y="{height - 8}">'
+                f"{escape(labels[i])}</text>"
             )
     parts.append("</svg>")
     return svg("".join(parts))

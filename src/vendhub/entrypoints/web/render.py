@@ -13,17 +13,10 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from vendhub import __version__
+from vendhub.domain.money import rupiah
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
-
-
-def rupiah(amount: int | None) -> str:
-    """Indonesian format: Rp 4.000 (dot as thousands separator, no decimals)."""
-    if amount is None:
-        return "–"
-    sign = "-" if amount < 0 else ""
-    return f"{sign}Rp {abs(int(amount)):,}".replace(",", ".")
 
 
 def local_time(value: datetime | None, tz: ZoneInfo, fmt: str = "%Y-%m-%d %H:%M") -> str:
