@@ -48,6 +48,7 @@ async def test_console_pages_redirect_to_sign_in_until_a_session_cookie_is_set(
     site: tuple[httpx.AsyncClient, Any],
 ) -> None:
     http, _ = site
+    assert (await http.get("/api/fleet/events")).status_code == 401  # the fleet stream too
     away = await http.get("/console/orders?status=PAID")
     assert away.status_code == 303
     assert away.headers["location"] == "/console/login?next=/console/orders%3Fstatus%3DPAID"
@@ -190,3 +191,25 @@ async def test_kiosk_checkout_refuses_hostile_carts_and_changes_nothing(
     body = made.json()
     assert body["total_amount"] == 16000 and 'data-testid="payment-qr"' in body["html"]
     assert "<svg" in body["html"] and "Rp 16.000" in body["html"]
+
+
+async def test_the_sandbox_pay_page_shows_a_qr_and_offers_pay_only_while_payable(
+    site: tuple[httpx.AsyncClient, Any],
+) -> None:
+    http, _ = site
+    order_id = (await http.post("/api/orders", json={"slot_number": 3})).json()["order_id"]
+    page = (await http.get(f"/api/payments/sandbox/{order_id}")).text
+    assert 'data-testid="payment-qr"' in page and "<svg" in page and "Rp 4.500" in page
+    assert 'data-testid="sandbox-pay"' in page
+    assert (await http.post(f"/api/payments/cancel/{order_id}")).status_code == 200
+    closed = (await http.get(f"/api/payments/sandbox/{order_id}")).text
+    assert 'data-testid="sandbox-pay"' not in closed and "CANCELLED" in closed
+    # The button's form post comes back to the page; API clients still get JSON.
+    other = (await http.post("/api/orders", json={"slot_number": 3})).json()["order_id"]
+    paid = await http.post(
+        f"/api/payments/sandbox/{other}/pay",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert paid.status_code == 303
+    assert paid.headers["location"] == f"/api/payments/sandbox/{other}"
+    assert 'data-testid="sandbox-pay"' not in (await http.get(paid.headers["location"])).text

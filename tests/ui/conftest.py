@@ -95,8 +95,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             sim.start()
         api = Api(server.base_url)
         api.login()
-        api.wait_online(good)
-        api.wait_online(jam)
+        # Generous bounds: simulators start slowly on a busy machine.
+        api.wait_online(good, within=90)
+        api.wait_online(jam, within=90)
         yield Fleet(server, api, db, good, jam, idle, env["MQTT_TOPIC_PREFIX"])
     finally:
         for sim in sims:

@@ -125,8 +125,6 @@ def test_the_public_order_stream_reveals_only_progress_and_refund_fields(fleet: 
     assert set(state) == {
         "order_id",
         "status",
-        "total_amount",
-        "expires_at",
         "units_total",
         "units_dropped",
         "units_failed",

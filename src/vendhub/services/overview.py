@@ -36,12 +36,7 @@ async def public_order_status(ctx: ServiceContext, order_id: str) -> dict[str, A
     async with ctx.engine.connect() as conn:
         order = await first(
             conn,
-            sa.select(
-                orders.c.status,
-                orders.c.total_amount,
-                orders.c.refunded_amount,
-                orders.c.expires_at,
-            ).where(orders.c.id == order_id),
+            sa.select(orders.c.status, orders.c.refunded_amount).where(orders.c.id == order_id),
         )
         if order is None:
             raise NotFound(f"order {order_id} not found")
@@ -66,8 +61,6 @@ async def public_order_status(ctx: ServiceContext, order_id: str) -> dict[str, A
     return {
         "order_id": order_id,
         "status": order["status"],
-        "total_amount": int(order["total_amount"]),
-        "expires_at": order["expires_at"].isoformat(),
         "units_total": int(quantity or 0),
         "units_dropped": by_status.get(UnitStatus.DROPPED.value, 0),
         "units_failed": by_status.get(UnitStatus.FAILED.value, 0),

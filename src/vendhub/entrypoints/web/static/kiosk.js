@@ -1,4 +1,4 @@
-// vendhub kiosk: cart in the page, order state only from the server (SSE, then polling).
+// vendhub kiosk: the cart lives in the page; the order's state comes only from the server (SSE).
 (function () {
   "use strict";
   var body = document.body;
