@@ -134,3 +134,40 @@ def test_the_public_order_stream_reveals_only_progress_and_refund_fields(fleet: 
     assert (state["status"], state["units_total"]) == ("PENDING", 1)
     fleet.api.post(f"/api/payments/cancel/{created['order_id']}")
     assert httpx.get(f"{fleet.url}/api/orders/NOPE/events", timeout=10).status_code == 404
+
+
+def test_the_kiosk_shows_each_unit_as_the_machine_reports_it(kiosk: Page, fleet: Fleet) -> None:
+    """No simulator answers for this machine: the test plays the device, one result at a time."""
+    fleet.publish_status(fleet.idle, "ONLINE")
+    fleet.api.wait(lambda: fleet.api.get(f"/api/machines/{fleet.idle}")["status"] == "ONLINE", 20)
+    open_kiosk(kiosk, fleet, fleet.idle)
+    kiosk.get_by_test_id("product-2").click()
+    kiosk.get_by_test_id("product-2").click()
+    order_id = checkout(kiosk)
+    fleet.api.post(f"/api/payments/sandbox/{order_id}/pay")
+    units = kiosk.locator("#progress-units")
+    expect(units).to_have_text("1 dari 2")
+    shoot(kiosk, "kiosk-portrait-dispensing")
+    for shown_after in ("2 dari 2", None):
+        command_id = in_flight_command(fleet, order_id)
+        fleet.api.post(
+            "/api/debug/mqtt/simulate-dispense-result",
+            {"orderId": order_id, "slot": 2, "commandId": command_id},
+        )
+        if shown_after:
+            expect(units).to_have_text(shown_after)
+    expect(kiosk.get_by_test_id("vend-success")).to_be_visible()
+    assert fleet.api.get(f"/api/orders/{order_id}")["status"] == "COMPLETED"
+
+
+def in_flight_command(fleet: Fleet, order_id: str) -> str:
+    """The commandId the server has sent for this order and awaits a result for."""
+    found: list[str] = []
+
+    def sent() -> bool:
+        order = fleet.api.get(f"/api/orders/{order_id}")
+        found[:] = [d["command_id"] for d in order["dispenses"] if d["status"] == "IN_FLIGHT"]
+        return bool(found)
+
+    fleet.api.wait(sent, 20)
+    return found[0]
