@@ -10,9 +10,11 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
-from tests.integration.helpers import add_user, api_client, pay, quick_shop
-from vendhub.services import overview
+from tests.integration.helpers import add_user, api_client, outbox_rows, pay, quick_shop, report
+from vendhub.adapters.db.tables import refunds as refunds_table
+from vendhub.services import accounts, overview, refunds
 from vendhub.services.checkout import checkout
 from vendhub.services.orders import OrderLine
 
@@ -213,3 +215,74 @@ async def test_the_sandbox_pay_page_shows_a_qr_and_offers_pay_only_while_payable
     assert paid.status_code == 303
     assert paid.headers["location"] == f"/api/payments/sandbox/{other}"
     assert 'data-testid="sandbox-pay"' not in (await http.get(paid.headers["location"])).text
+
+
+async def test_retry_now_pays_out_a_failed_refund_once(
+    site: tuple[httpx.AsyncClient, Any],
+) -> None:
+    http, container = site
+    ctx = container.ctx
+    ctx.mqtt_connected = lambda: True
+    order_id = await checkout(
+        ctx, container.payments, "VM01", [OrderLine(slot_number=3)],
+        customer_phone=None, payment_method=None,
+    )  # fmt: skip
+    await pay(ctx, order_id, 4500)
+    [command] = [r["body"] for r in await outbox_rows(ctx, "dispense")]
+    await report(ctx, command, dropped=False, error="MOTOR_JAM")
+    # As if the gateway had refused it REFUND_MAX_ATTEMPTS times.
+    async with ctx.engine.begin() as conn:
+        await conn.execute(
+            sa.update(refunds_table).values(status="FAILED", attempts=5, next_attempt_at=None)
+        )
+    await sign_in(http, "admin", "admin123")
+    page = await http.get("/console/refunds")
+    assert order_id in page.text and "Retry now" in page.text
+    [owed] = await refunds.owed(ctx)
+    retried = await http.post(
+        f"/console/refunds/{owed['id']}/retry", data={"csrf": csrf_of(page.text)}
+    )
+    assert retried.status_code == 303 and "ok=" in retried.headers["location"]
+    order = (await http.get(f"/api/orders/{order_id}")).json()
+    assert order["status"] == "REFUNDED" and order["refunded_amount"] == 4500
+    assert [r["status"] for r in order["refunds"]] == ["SUCCEEDED"]
+    again = await http.post(
+        f"/console/refunds/{owed['id']}/retry", data={"csrf": csrf_of(page.text)}
+    )
+    assert "err=" in again.headers["location"]
+    assert (await http.get(f"/api/orders/{order_id}")).json()["refunded_amount"] == 4500
+
+
+async def test_admins_manage_users_but_not_super_admins_nor_themselves(
+    site: tuple[httpx.AsyncClient, Any],
+) -> None:
+    http, container = site
+    boss_id = await add_user(container.ctx, "boss", "boss-pass-12", "ADMIN")
+    await sign_in(http, "boss", "boss-pass-12")
+    token = csrf_of((await http.get("/console/users")).text)
+    made = await http.post(
+        "/console/users",
+        data={"csrf": token, "username": "tech1", "password": "tech-pass-1", "role": "TECHNICIAN"},
+    )
+    assert "ok=" in made.headers["location"]
+    escalate = await http.post(
+        "/console/users",
+        data={"csrf": token, "username": "root2", "password": "root-pass-1", "role": "SUPER_ADMIN"},
+    )
+    assert "err=" in escalate.headers["location"]
+    users = {u["username"]: u for u in await accounts.list_users(container.ctx)}
+    assert "root2" not in users and users["tech1"]["role"] == "TECHNICIAN"
+    tech = users["tech1"]["id"]
+    await http.post(f"/console/users/{tech}/role", data={"csrf": token, "role": "INVENTORY"})
+    refused = await http.post(f"/console/users/{users['admin']['id']}/active", data={"csrf": token})
+    assert "err=" in refused.headers["location"]  # the SUPER_ADMIN is out of an ADMIN's reach
+    mine = await http.post(
+        f"/console/users/{boss_id}/role", data={"csrf": token, "role": "AUDITOR"}
+    )
+    assert "err=" in mine.headers["location"]
+    await http.post(f"/console/users/{tech}/active", data={"csrf": token})  # deactivate
+    users = {u["username"]: u for u in await accounts.list_users(container.ctx)}
+    assert users["tech1"]["role"] == "INVENTORY" and not users["tech1"]["is_active"]
+    assert users["admin"]["is_active"] and users["boss"]["role"] == "ADMIN"
+    http.cookies.clear()
+    assert (await sign_in(http, "tech1", "tech-pass-1")).status_code == 401
