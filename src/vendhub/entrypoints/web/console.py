@@ -29,7 +29,7 @@ from vendhub.entrypoints.web.session import (
 from vendhub.services import alerts, auth, catalog, overview, reports
 from vendhub.services.auth import Role
 from vendhub.services.errors import InvalidRequest, Unauthorized
-from vendhub.services.stock import ChangeType, update_stock
+from vendhub.services.stock import ChangeType, fill_machine, update_stock
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -281,22 +281,8 @@ async def fill_all(
     require_role(user, Role.ADMIN, Role.INVENTORY)
     await checked_form(request, user)
     back = f"/console/machines/{quote(machine_id)}"
-
-    async def work() -> None:
-        for s in await catalog.list_slots(container.ctx, machine_id):
-            if s["product_id"] and s["current_stock"] < s["capacity"]:
-                await update_stock(
-                    container.ctx,
-                    machine_id,
-                    s["slot_number"],
-                    ChangeType.RESTOCK,
-                    quantity_change=None,
-                    new_stock=s["capacity"],
-                    reason="console fill all",
-                    user_id=user["sub"],
-                )
-
-    return await act(back, work(), "every slot filled to capacity")
+    work = fill_machine(container.ctx, machine_id, user_id=user["sub"])
+    return await act(back, work, "every slot filled to capacity")
 
 
 @router.post("/machines/{machine_id}/config")
