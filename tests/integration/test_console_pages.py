@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 from tests.integration.helpers import add_user, api_client, outbox_rows, pay, quick_shop, report
 from vendhub.adapters.db.tables import refunds as refunds_table
-from vendhub.services import accounts, overview, refunds
+from vendhub.services import accounts, alerts, catalog, overview, refunds
+from vendhub.services.alerts import Severity
 from vendhub.services.checkout import checkout
 from vendhub.services.orders import OrderLine
 
@@ -286,3 +287,23 @@ async def test_admins_manage_users_but_not_super_admins_nor_themselves(
     assert users["admin"]["is_active"] and users["boss"]["role"] == "ADMIN"
     http.cookies.clear()
     assert (await sign_in(http, "tech1", "tech-pass-1")).status_code == 401
+
+
+async def test_hostile_names_and_messages_are_escaped_on_every_page(
+    site: tuple[httpx.AsyncClient, Any],
+) -> None:
+    http, container = site
+    ctx = container.ctx
+    evil = '<img src=x onerror="alert(1)">'
+    product = await catalog.save_product(ctx, {"name": evil, "price": 1000, "category": evil})
+    await catalog.upsert_slot(ctx, "VM01", 1, {"product_id": product["id"]})
+    async with ctx.engine.begin() as conn:
+        await alerts.record(
+            conn, machine_id="VM01", kind="X", message=evil, severity=Severity.WARNING,
+            now=ctx.clock(),
+        )  # fmt: skip
+    await sign_in(http, "admin", "admin123")
+    for path in ("/kiosk/VM01", "/console/products", "/console/alerts", "/console/machines/VM01"):
+        page = (await http.get(path)).text
+        assert evil not in page, path
+        assert "&lt;img src=x" in page, path
