@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 from tests.integration.helpers import add_user, api_client, outbox_rows, pay, quick_shop, report
 from vendhub.adapters.db.tables import refunds as refunds_table
-from vendhub.services import accounts, alerts, catalog, overview, refunds
+from vendhub.protocol.messages import StatusMessage
+from vendhub.services import accounts, alerts, catalog, fleet, overview, refunds
 from vendhub.services.alerts import Severity
 from vendhub.services.checkout import checkout
 from vendhub.services.orders import OrderLine
@@ -307,3 +308,20 @@ async def test_hostile_names_and_messages_are_escaped_on_every_page(
         page = (await http.get(path)).text
         assert evil not in page, path
         assert "&lt;img src=x" in page, path
+
+
+async def test_a_machine_in_maintenance_or_out_of_service_sells_nothing_at_the_kiosk(
+    site: tuple[httpx.AsyncClient, Any],
+) -> None:
+    http, container = site
+    cart = {"items": [{"slot_number": 1, "quantity": 1}]}
+    await fleet.apply_status(container.ctx, "VM01", StatusMessage(status="MAINTENANCE"))
+    assert 'data-testid="out-of-service"' in (await http.get("/kiosk/VM01")).text
+    assert (await http.post("/kiosk/VM01/orders", json=cart)).status_code == 409
+    await fleet.apply_status(container.ctx, "VM01", StatusMessage(status="ONLINE"))
+    assert 'data-testid="product-1"' in (await http.get("/kiosk/VM01")).text
+    await catalog.update_machine(container.ctx, "VM01", {"is_active": False})
+    assert 'data-testid="out-of-service"' in (await http.get("/kiosk/VM01")).text
+    assert (await http.post("/kiosk/VM01/orders", json=cart)).status_code == 409
+    _rows, total = await overview.order_page(container.ctx, overview.OrderQuery(), 10, 0)
+    assert total == 0
