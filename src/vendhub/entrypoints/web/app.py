@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from vendhub.entrypoints.web import console, console_ops, kiosk
+from vendhub.entrypoints.web import console, console_admin, console_ops, kiosk
 from vendhub.entrypoints.web.render import STATIC_DIR, build_templates
 from vendhub.entrypoints.web.session import LoginRequired, PageForbidden
 
@@ -16,7 +16,7 @@ from vendhub.entrypoints.web.session import LoginRequired, PageForbidden
 def install(app: FastAPI, display_tz: str) -> None:
     app.state.templates = build_templates(display_tz)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    for module in (kiosk, console, console_ops):
+    for module in (kiosk, console, console_ops, console_admin):
         app.include_router(module.router)
 
     @app.exception_handler(LoginRequired)
