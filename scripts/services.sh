@@ -19,6 +19,12 @@ need_pkg() {
 # Tests also start private brokers (`mosquitto -c`) and make a self-signed certificate.
 need_pkg mosquitto mosquitto
 need_pkg openssl openssl
+# The browser tier (tests/ui) drives Debian's Chromium; Playwright never downloads one.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "services: installing chromium"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+fi
+
 if ! port_open 1883; then
   echo "services: starting Mosquitto"
   mosquitto -d -c /etc/mosquitto/mosquitto.conf

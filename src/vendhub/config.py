@@ -5,8 +5,9 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Literal
 from urllib.parse import quote_plus, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "dev-insecure-jwt-secret-change-me"
@@ -89,6 +90,17 @@ class Settings(BaseSettings):
     debug_endpoints: bool | None = None
     max_body_bytes: int = 64 * 1024
     log_level: str = "INFO"
+    # Console times and the finance day boundaries are shown in this zone (IANA name).
+    display_tz: str = "Asia/Jakarta"
+
+    @field_validator("display_tz")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"DISPLAY_TZ {value!r} is not an IANA time zone") from None
+        return value
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

@@ -18,8 +18,9 @@ from vendhub.domain.model import (
     check_unit_transition,
     order_outcome,
 )
+from vendhub.domain.money import rupiah
 from vendhub.protocol.messages import DispenseCommand
-from vendhub.services import stock
+from vendhub.services import alerts, stock
 from vendhub.services.context import ServiceContext
 from vendhub.services.errors import Conflict, NotFound
 from vendhub.services.ids import new_id
@@ -224,6 +225,16 @@ async def settle_unit(
             reason=f"unit of order {unit['order_id']} failed ({error or 'unknown'})",
         )
         await _owe_refund(conn, unit, error or "FAILED", now)
+        await alerts.record(
+            conn,
+            machine_id=unit["machine_id"],
+            kind="VEND_FAILED",
+            severity=alerts.Severity.WARNING,
+            message=f"slot {unit['slot_number']} failed to vend for order {unit['order_id']} "
+            f"({error or 'unknown'}); {rupiah(unit['unit_price'])} is owed back",
+            details={"order_id": unit["order_id"], "command_id": unit["id"]},
+            now=now,
+        )
     await _settle_order(conn, unit["order_id"], now)
     await dispatch_next(ctx, conn, unit["machine_id"])
 

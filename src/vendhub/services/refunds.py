@@ -320,3 +320,32 @@ async def _refundable(conn: AsyncConnection, order: RowMapping) -> int:
     if amount <= 0:
         raise Conflict(f"order {order_id} has nothing left to refund")
     return amount
+
+
+async def owed(ctx: ServiceContext, limit: int = 200) -> list[dict[str, Any]]:
+    """Refunds not yet paid out (PENDING, FAILED), oldest first, with their machine."""
+    stmt = (
+        sa.select(refunds, orders.c.machine_id)
+        .join(orders, orders.c.id == refunds.c.order_id)
+        .where(refunds.c.status.in_((PENDING, FAILED)))
+        .order_by(refunds.c.created_at, refunds.c.id)
+        .limit(limit)
+    )
+    async with ctx.engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
+
+
+async def retry_now(
+    ctx: ServiceContext, provider: PaymentProvider, policy: PaymentPolicy, refund_id: str
+) -> bool:
+    """Operator's "retry now": a FAILED refund gets a fresh round of attempts; due at once."""
+    now = ctx.clock()
+    async with ctx.engine.begin() as conn:
+        changed = await conn.execute(
+            sa.update(refunds)
+            .where(refunds.c.id == refund_id, refunds.c.status.in_((PENDING, FAILED)))
+            .values(status=PENDING, attempts=0, next_attempt_at=now, updated_at=now)
+        )
+    if changed.rowcount != 1:
+        raise Conflict(f"refund {refund_id} is not owed (already paid out, or unknown)")
+    return await execute_refund(ctx, provider, policy, refund_id)

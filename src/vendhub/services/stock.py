@@ -201,3 +201,33 @@ async def update_stock(
         "reserved": int(slot["reserved"]),
         "available": after - int(slot["reserved"]),
     }
+
+
+async def fill_machine(ctx: Any, machine_id: str, *, user_id: str | None) -> int:
+    """Fill all: every stocked slot of the machine to its capacity, in one transaction."""
+    now = ctx.clock()
+    async with ctx.engine.begin() as conn:
+        slot_ids = (
+            await conn.scalars(
+                sa.select(slots.c.id)
+                .where(
+                    slots.c.machine_id == machine_id,
+                    slots.c.product_id.is_not(None),
+                    slots.c.current_stock < slots.c.capacity,
+                )
+                .order_by(slots.c.id)  # the global lock order (see orders.place_order)
+            )
+        ).all()
+        for slot_id in slot_ids:
+            slot = await lock_slot(conn, slot_id)
+            await adjust(
+                conn,
+                slot,
+                ChangeType.RESTOCK,
+                now,
+                quantity_change=None,
+                new_stock=int(slot["capacity"]),
+                reason="fill all",
+                user_id=user_id,
+            )
+    return len(slot_ids)

@@ -294,6 +294,10 @@ machine_events = sa.Table(
     sa.Column("details", sa.JSON),
     _now_col(),
     sa.Index(None, "machine_id", "created_at"),
+    # An operator acknowledged this alert (migration 0007); NULL while it is open.
+    sa.Column("acknowledged_at", UTCDateTime()),
+    sa.Column("acknowledged_by", sa.String(64)),
+    sa.Index(None, "acknowledged_at", "created_at"),
 )
 
 users = sa.Table(

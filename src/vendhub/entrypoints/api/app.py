@@ -6,17 +6,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from fastapi_offline import FastAPIOffline
 
 from vendhub import __version__
 from vendhub.bootstrap import Container, build
 from vendhub.config import Settings
 from vendhub.entrypoints.api import errors
 from vendhub.entrypoints.api.routers import (
+    alerts,
     auth,
     debug,
     dispense,
     finance,
     health,
+    live,
     machines,
     orders,
     payments,
@@ -24,6 +27,7 @@ from vendhub.entrypoints.api.routers import (
     stock,
     telemetry,
 )
+from vendhub.entrypoints.web import app as web
 
 
 def create_app(
@@ -44,7 +48,8 @@ def create_app(
         finally:
             await the_container.stop()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc assets come from the fastapi-offline package: /docs works offline.
+    app = FastAPIOffline(
         title="vendhub",
         version=__version__,
         lifespan=lifespan,
@@ -65,9 +70,12 @@ def create_app(
         stock,
         telemetry,
         debug,
+        alerts,
+        live,
     ):
         app.include_router(module.router)
     app.include_router(telemetry.temperature_router)
+    web.install(app, settings.display_tz)
     return app
 
 

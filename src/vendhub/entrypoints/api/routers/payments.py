@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from html import escape
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 
 from vendhub.adapters.payments.sandbox import SandboxProvider
 from vendhub.domain.model import OrderStatus
@@ -14,6 +14,8 @@ from vendhub.entrypoints.api.deps import ContainerDep, CtxDep
 from vendhub.entrypoints.api.replies import OrderCancelled, PaymentOutcome, PaymentVerified
 from vendhub.entrypoints.api.routers.orders import load, order_status_public
 from vendhub.entrypoints.api.schemas import OrderPublic, PaymentMethodChange, VerifyClaim
+from vendhub.entrypoints.web.kiosk import qr_svg
+from vendhub.entrypoints.web.render import Pages, svg
 from vendhub.services import checkout, orders, reconcile
 from vendhub.services import payments as payment_service
 from vendhub.services.errors import NotFound
@@ -81,28 +83,33 @@ def _sandbox(container: Any) -> SandboxProvider:
 
 
 @router.get("/sandbox/{order_id}", response_class=HTMLResponse, include_in_schema=False)
-async def sandbox_page(order_id: str, container: ContainerDep) -> HTMLResponse:
+async def sandbox_page(
+    request: Request, order_id: str, container: ContainerDep, pages: Pages
+) -> HTMLResponse:
+    """The customer's stand-in wallet: QR of this page, and "Pay" only while payable."""
     _sandbox(container)
     order = await orders.get_order(container.ctx, order_id)
-    oid = escape(order_id)
-    lines = "".join(
-        f"<li>{i['quantity']} × {escape(i['product_name'])} — Rp {i['unit_price']:,}</li>"
-        for i in order["items"]
+    payable = order["status"] == OrderStatus.PENDING.value and order["expires_at"] > (
+        container.ctx.clock()
     )
-    return HTMLResponse(
-        f"<!doctype html><title>vendhub sandbox payment</title><h1>Order {oid}</h1>"
-        f"<p>Status: <b>{escape(order['status'])}</b></p><ul>{lines}</ul>"
-        f"<p>Total: Rp {order['total_amount']:,}</p>"
-        f"<form method=post action='/api/payments/sandbox/{oid}/pay'>"
-        "<button>Pay (sandbox, no money moves)</button></form>"
+    url = str(request.url)
+    return pages.TemplateResponse(
+        request,
+        "sandbox.html",
+        {"order": order, "payable": payable, "qr": svg(qr_svg(url))},
     )
 
 
-@router.post("/sandbox/{order_id}/pay")
-async def sandbox_pay(order_id: str, container: ContainerDep) -> PaymentOutcome:
+@router.post("/sandbox/{order_id}/pay", response_model=None)
+async def sandbox_pay(
+    request: Request, order_id: str, container: ContainerDep
+) -> PaymentOutcome | RedirectResponse:
     """Sends a correctly signed settlement notification through the webhook's own path."""
     provider = _sandbox(container)
     order = await orders.get_order(container.ctx, order_id)
     body = provider.signed_notification(order_id, order["total_amount"], "settlement")
     outcome = await payment_service.receive_notification(container.ctx, provider, {}, body)
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        # The pay page's button: show the page again with the order's new state.
+        return RedirectResponse(f"/api/payments/sandbox/{quote(order_id)}", status_code=303)
     return PaymentOutcome(order_id=order_id, outcome=outcome.value)

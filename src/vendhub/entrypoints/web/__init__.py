@@ -1,0 +1,1 @@
+"""Server-rendered pages: the kiosk screen and the operator console."""
