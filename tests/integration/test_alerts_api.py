@@ -67,26 +67,26 @@ async def test_alerts_are_listed_newest_first_filtered_and_paged_without_info_ev
 
     everything = (await http.get("/api/alerts", headers=admin)).json()
     assert everything["total"] == 4  # the info event is timeline, not an alert
-    assert [a["message"] for a in everything["items"]] == [
+    assert [a["message"] for a in everything["data"]] == [
         "event 4",
         "event 3",
         "event 2",
         "event 1",
     ]
-    assert set(everything["items"][0]) >= {"id", "machine_id", "kind", "severity", "created_at"}
+    assert set(everything["data"][0]) >= {"id", "machine_id", "kind", "severity", "created_at"}
 
     page = (await http.get("/api/alerts?limit=2&offset=2", headers=admin)).json()
     assert (page["total"], page["limit"], page["offset"]) == (4, 2, 2)
-    assert [a["message"] for a in page["items"]] == ["event 2", "event 1"]
+    assert [a["message"] for a in page["data"]] == ["event 2", "event 1"]
 
     vm01 = (await http.get("/api/alerts?machine_id=VM01", headers=admin)).json()
-    assert {a["kind"] for a in vm01["items"]} == {"VEND_FAILED", "REFUND_FAILED"}
+    assert {a["kind"] for a in vm01["data"]} == {"VEND_FAILED", "REFUND_FAILED"}
     critical = (await http.get("/api/alerts?severity=critical", headers=admin)).json()
-    assert [a["kind"] for a in critical["items"]] == ["REFUND_FAILED"]
+    assert [a["kind"] for a in critical["data"]] == ["REFUND_FAILED"]
     info = (await http.get("/api/alerts?severity=info", headers=admin)).json()
-    assert [a["message"] for a in info["items"]] == ["event 0"]
+    assert [a["message"] for a in info["data"]] == ["event 0"]
     kind = (await http.get("/api/alerts?kind=UNKNOWN_RESULT", headers=admin)).json()
-    assert [a["machine_id"] for a in kind["items"]] == ["VM02"]
+    assert [a["machine_id"] for a in kind["data"]] == ["VM02"]
 
     for bad in ("limit=0", "limit=201", "offset=-1", "severity=loud", "state=closed"):
         assert_error(await http.get(f"/api/alerts?{bad}", headers=admin), 422)
@@ -101,7 +101,7 @@ async def test_an_alert_is_acknowledged_once_with_who_and_when_and_auditors_may_
     tech = bearer(container, "u-tech", "TECHNICIAN", "tina")
     admin = bearer(container, "u-admin", "ADMIN", "boss")
     auditor = bearer(container, "u-audit", "AUDITOR", "audrey")
-    first = (await http.get("/api/alerts?state=open", headers=tech)).json()["items"][0]
+    first = (await http.get("/api/alerts?state=open", headers=tech)).json()["data"][0]
 
     assert_error(await http.post(f"/api/alerts/{first['id']}/ack", headers=auditor), 403)
     acked = await http.post(f"/api/alerts/{first['id']}/ack", headers=tech)
@@ -113,10 +113,10 @@ async def test_an_alert_is_acknowledged_once_with_who_and_when_and_auditors_may_
     assert (again["acknowledged_by"], again["acknowledged_at"]) == ("tina", body["acknowledged_at"])
 
     still_open = (await http.get("/api/alerts?state=open", headers=tech)).json()
-    assert first["id"] not in [a["id"] for a in still_open["items"]]
+    assert first["id"] not in [a["id"] for a in still_open["data"]]
     assert still_open["total"] == 3
     done = (await http.get("/api/alerts?state=acknowledged", headers=tech)).json()
-    assert [a["id"] for a in done["items"]] == [first["id"]]
+    assert [a["id"] for a in done["data"]] == [first["id"]]
 
     assert_error(await http.post("/api/alerts/999999/ack", headers=tech), 404)
     assert_error(await http.post("/api/alerts/abc/ack", headers=tech), 422)

@@ -126,7 +126,7 @@ async def test_forms_need_the_sessions_csrf_token_and_the_role_the_api_needs(
     good = csrf_of((await http.get("/console/machines/VM01")).text)
     filled = await http.post("/console/machines/VM01/fill", data={"csrf": good})
     assert filled.status_code == 303 and "ok=" in filled.headers["location"]
-    slots = (await http.get("/api/stock/VM01", headers=await _bearer(http))).json()
+    slots = (await http.get("/api/stock/VM01", headers=await _bearer(http))).json()["data"]
     assert all(s["current_stock"] == s["capacity"] for s in slots)
 
 
@@ -297,7 +297,7 @@ async def test_hostile_names_and_messages_are_escaped_on_every_page(
     ctx = container.ctx
     evil = '<img src=x onerror="alert(1)">'
     product = await catalog.save_product(ctx, {"name": evil, "price": 1000, "category": evil})
-    await catalog.upsert_slot(ctx, "VM01", 1, {"product_id": product["id"]})
+    await catalog.upsert_slot(ctx, "VM01", 1, {"product_id": product.id})
     async with ctx.engine.begin() as conn:
         await alerts.record(
             conn, machine_id="VM01", kind="X", message=evil, severity=Severity.WARNING,

@@ -153,7 +153,7 @@ def test_an_inventory_operator_restocks_but_cannot_edit_the_planogram(
         expect(page.get_by_test_id("slot-1").get_by_role("button", name="Save")).to_have_count(0)
         page.get_by_test_id("fill-all").click()
         expect(page.get_by_role("status")).to_contain_text("filled to capacity")
-        slots = fleet.api.get(f"/api/machines/{fleet.idle}/slots")
+        slots = fleet.api.get(f"/api/machines/{fleet.idle}/slots")["data"]
         assert all(s["current_stock"] == s["capacity"] for s in slots)
     finally:
         context.close()

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel
 
 from vendhub.entrypoints.api.deps import ContainerDep, CurrentUser, require
+from vendhub.entrypoints.api.replies import Page
 from vendhub.services import alerts
 from vendhub.services.alerts import AlertFilter, Severity
 from vendhub.services.auth import Role
@@ -37,11 +38,10 @@ class AlertPublic(BaseModel):
         return cls(kind=row["event_type"], **{k: v for k, v in row.items() if k != "event_type"})
 
 
-class AlertPage(BaseModel):
-    items: list[AlertPublic]
+class AlertPage(Page[AlertPublic]):
+    """The common list envelope, plus how many alerts match the filter in all."""
+
     total: int
-    limit: int
-    offset: int
 
 
 def _aware(*values: datetime | None) -> None:
@@ -67,11 +67,15 @@ async def list_alerts(
     _aware(since, until)
     f = AlertFilter(machine_id, kind, severity, state, since, until)
     page = await alerts.list_alerts(container.ctx, f, limit, offset)
+    items = [AlertPublic.of(r) for r in page.items]
+    after = page.offset + len(items)
     return AlertPage(
-        items=[AlertPublic.of(r) for r in page.items],
+        data=items,
+        count=len(items),
         total=page.total,
         limit=page.limit,
         offset=page.offset,
+        next_offset=after if after < page.total else None,
     )
 
 
