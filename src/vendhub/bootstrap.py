@@ -102,6 +102,14 @@ class Container:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self, *, workers: bool = True) -> None:
+        try:
+            await self._start(workers=workers)
+        except BaseException:
+            # Nothing half-started may outlive a failed start (the embedded broker's tasks).
+            await self.stop()
+            raise
+
+    async def _start(self, *, workers: bool) -> None:
         if self.broker is not None:
             await self.broker.start()
         if self.settings.admin_username and await auth.ensure_admin(

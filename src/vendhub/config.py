@@ -6,13 +6,14 @@ from functools import cached_property
 from typing import Literal
 from urllib.parse import quote_plus, urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "dev-insecure-jwt-secret-change-me"
 DEV_ADMIN_PASSWORD = "admin123"
 DEV_SANDBOX_SERVER_KEY = "SB-Mid-server-vendhub-sandbox-key"
 EMBEDDED = "embedded"
+MQTT_SCHEMES = ("mqtt", "mqtts", "tcp", "ssl", "tls")
 
 
 class ConfigError(ValueError):
@@ -88,6 +89,23 @@ class Settings(BaseSettings):
     debug_endpoints: bool | None = None
     max_body_bytes: int = 64 * 1024
     log_level: str = "INFO"
+
+    @field_validator("mqtt_broker_url")
+    @classmethod
+    def _broker_url_parses(cls, value: str) -> str:
+        if value.strip().lower() in ("", EMBEDDED):
+            return value
+        parts = urlsplit(value.strip())
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            raise ValueError(f"{value!r} has an invalid port") from None
+        if parts.scheme not in MQTT_SCHEMES or not parts.hostname:
+            raise ValueError(
+                f"{value!r} is not a broker URL: use mqtt://host:1883, mqtts://host:8883 "
+                f"or {EMBEDDED!r}"
+            )
+        return value.strip()
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

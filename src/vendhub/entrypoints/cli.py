@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import socket
 import sys
-from collections.abc import Coroutine
+import traceback
+from collections.abc import Coroutine, Iterator
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -26,16 +29,84 @@ mqtt_app = typer.Typer(help="MQTT tools (the seed's test-mqtt.js).", no_args_is_
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(mqtt_app, name="mqtt")
-console = Console(stderr=True)
+# soft_wrap: Rich would otherwise break long lines (URLs, JSON) at 80 columns when piped.
+console = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 
+def say(text: str, *, err: bool = True) -> None:
+    """Print text as-is: no markup (JSON has brackets), no highlighting, no wrapping."""
+    target = console if err else Console(soft_wrap=True)
+    target.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _debug() -> bool:
+    return os.environ.get("LOG_LEVEL", "").strip().upper() == "DEBUG"
+
+
+@contextlib.contextmanager
+def one_line_errors(database_url: str | None = None) -> Iterator[None]:
+    """Any failure becomes one line naming the fix; the traceback only with LOG_LEVEL=DEBUG."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from vendhub.entrypoints.preflight import StartupError, describe_database_error
+
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except StartupError as exc:
+        if _debug():
+            _report(exc, f"error: {exc}")
+        else:
+            say(f"error: {exc}")  # says all there is; a traceback would add nothing
+        raise typer.Exit(2) from None
+    except (SQLAlchemyError, OSError) as exc:
+        if database_url is None or not isinstance(exc, SQLAlchemyError | ConnectionError):
+            _report(exc, f"error: {_first_line(exc)}")
+            raise typer.Exit(1) from None
+        _report(exc, f"error: {describe_database_error(exc, database_url)}")
+        raise typer.Exit(2) from None
+    except Exception as exc:
+        _report(exc, f"error: {type(exc).__name__}: {_first_line(exc)}")
+        raise typer.Exit(1) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _report(exc: BaseException, line: str) -> None:
+    if _debug():
+        say("".join(traceback.format_exception(exc)).rstrip())
+    say(line if _debug() else f"{line} (LOG_LEVEL=DEBUG shows the traceback)")
+
+
 def _settings(**overrides: Any) -> Settings:
+    from pydantic import ValidationError
+
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except (ConfigError, ValueError) as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']).upper() or 'settings'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        say(f"configuration error: {problems}")
         raise typer.Exit(2) from None
+    except (ConfigError, ValueError) as exc:
+        say(f"configuration error: {_first_line(exc)}")
+        raise typer.Exit(2) from None
+
+
+def _ready_database(settings: Settings) -> None:
+    """Reachable and migrated, or one line saying which and how to fix it."""
+    from vendhub.entrypoints.preflight import check_database
+
+    with one_line_errors(settings.resolved_database_url):
+        asyncio.run(check_database(settings.resolved_database_url))
 
 
 def _logging(level: str) -> None:
@@ -50,10 +121,14 @@ def _logging(level: str) -> None:
 def db_upgrade(revision: str = "head") -> None:
     """Create or migrate the schema (migrations ship inside the package)."""
     from vendhub.adapters.db.migrate import upgrade
+    from vendhub.entrypoints.preflight import check_sqlite_directory
 
     settings = _settings()
-    upgrade(settings.resolved_database_url, revision)
-    console.print(f"database at {_redacted(settings.resolved_database_url)} is at {revision}")
+    url = settings.resolved_database_url
+    with one_line_errors(url):
+        check_sqlite_directory(url)
+        upgrade(url, revision)
+    say(f"database at {_redacted(url)} is at {revision}")
 
 
 def _redacted(url: str) -> str:
@@ -73,15 +148,19 @@ def seed(
     from vendhub.bootstrap import build
     from vendhub.services.demo import seed_demo
 
+    settings = _settings()
+    _ready_database(settings)
+
     async def run() -> bool:
-        container = build(_settings())
+        container = build(settings)
         try:
             return await seed_demo(container.ctx, container.settings.machine_id)
         finally:
             await container.engine.dispose()
 
-    seeded = asyncio.run(run())
-    console.print("demo data loaded" if seeded else "demo machine exists already; nothing changed")
+    with one_line_errors(settings.resolved_database_url):
+        seeded = asyncio.run(run())
+    say("demo data loaded" if seeded else "demo machine exists already; nothing changed")
 
 
 @users_app.command("create-admin")
@@ -95,19 +174,23 @@ def create_admin(
     from vendhub.services.auth import Role, create_user
     from vendhub.services.errors import Conflict
 
+    settings = _settings()
+    _ready_database(settings)
+
     async def run() -> str:
-        container = build(_settings())
+        container = build(settings)
         try:
             return await create_user(container.ctx, username, password, Role(role))
         finally:
             await container.engine.dispose()
 
-    try:
-        user_id = asyncio.run(run())
-    except Conflict as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
-    console.print(f"created {role} {username} ({user_id})")
+    with one_line_errors(settings.resolved_database_url):
+        try:
+            user_id = asyncio.run(run())
+        except Conflict as exc:
+            say(f"error: {exc}")
+            raise typer.Exit(1) from None
+    say(f"created {role} {username} ({user_id})")
 
 
 @app.command()
@@ -129,7 +212,8 @@ def serve(
     _logging(settings.log_level)
     if demo and settings.embedded_broker:
         settings = _free_embedded_port(settings)
-    code = run_async(run_server(settings, demo=demo, migrate=migrate or demo))
+    with one_line_errors(settings.resolved_database_url):
+        code = run_async(run_server(settings, demo=demo, migrate=migrate or demo))
     raise typer.Exit(code)
 
 
