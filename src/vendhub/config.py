@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from functools import cached_property
 from typing import Literal
 from urllib.parse import quote_plus, urlsplit
@@ -48,8 +50,10 @@ class Settings(BaseSettings):
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_topic_prefix: str = "vm"
-    mqtt_client_id: str = "vendhub-backend"
-    mqtt_share_group: str | None = None
+    mqtt_client_id: str | None = None  # default: vendhub-{hostname}-{REPLICA_ID or PORT}
+    replica_id: str | None = None
+    mqtt_share_group: str | None = None  # default: "vendhub" on an external broker; "none": off
+    mqtt_sync_per_s: float = Field(default=20.0, gt=0)
     mqtt_embedded_bind: str = "127.0.0.1"
     mqtt_embedded_port: int = 1883
     mqtt_publish_timeout_s: float = 10.0
@@ -160,6 +164,24 @@ class Settings(BaseSettings):
             return f"mqtt://{self.mqtt_embedded_bind}:{self.mqtt_embedded_port} (embedded)"
         parts = urlsplit(self.mqtt_broker_url)
         return f"{parts.scheme}://{parts.hostname}:{parts.port or default_mqtt_port(parts.scheme)}"
+
+    @property
+    def client_id(self) -> str:
+        """Distinct per replica, the same across its restarts (so the broker keeps its session):
+        the host name, plus REPLICA_ID or, failing that, the HTTP port (replicas on one host
+        listen on different ports)."""
+        if self.mqtt_client_id:
+            return self.mqtt_client_id
+        host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "host"
+        return f"vendhub-{host}-{self.replica_id or self.port}"
+
+    @property
+    def share_group(self) -> str | None:
+        """Replicas share fleet-wide subscriptions; the embedded broker has no $share support."""
+        if self.mqtt_share_group is not None:
+            group = self.mqtt_share_group.strip()
+            return None if group.lower() in ("", "none", "off") else group
+        return None if self.embedded_broker else "vendhub"
 
     @property
     def payment_server_key(self) -> str:
