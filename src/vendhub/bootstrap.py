@@ -20,9 +20,11 @@ from vendhub.protocol.topics import INBOUND_KINDS, TopicKind, fleet_filter
 from vendhub.services import auth, commands
 from vendhub.services.context import PaymentPolicy, ServiceContext, Tunables
 from vendhub.services.ports import PaymentProvider
+from vendhub.services.retention import RetentionPolicy
 from vendhub.workers.intake import Intake
 from vendhub.workers.payment_jobs import run_payment_jobs
 from vendhub.workers.publisher import OutboxPublisher
+from vendhub.workers.retention import run_retention
 from vendhub.workers.timers import run_timers
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,18 @@ class Container:
                     self.ctx, self.payments, self.payment_policy, self.settings.payment_jobs_tick_s
                 ),
                 name="payments",
+            ),
+            asyncio.create_task(
+                run_retention(
+                    self.ctx,
+                    RetentionPolicy(
+                        raw_days=self.settings.telemetry_retention_days,
+                        rollup_days=self.settings.telemetry_rollup_retention_days,
+                        batch=self.settings.telemetry_prune_batch,
+                    ),
+                    self.settings.telemetry_prune_every_s,
+                ),
+                name="retention",
             ),
         ]
 

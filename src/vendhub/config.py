@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     dispense_queue_ttl_s: int = Field(default=600, ge=10)
     default_telemetry_interval_s: int = 60
 
+    # Telemetry retention (services/retention.py)
+    telemetry_retention_days: int = Field(default=14, ge=1)
+    telemetry_rollup_retention_days: int = Field(default=400, ge=1)
+    telemetry_prune_batch: int = Field(default=5000, ge=1)
+    telemetry_prune_every_s: float = Field(default=300.0, gt=0)
+
     debug_endpoints: bool | None = None
     max_body_bytes: int = 64 * 1024
     log_level: str = "INFO"
