@@ -212,9 +212,51 @@ def serve(
     _logging(settings.log_level)
     if demo and settings.embedded_broker:
         settings = _free_embedded_port(settings)
-    with one_line_errors(settings.resolved_database_url):
+    with one_line_errors(settings.resolved_database_url), _embedded_broker_recorded(settings):
         code = run_async(run_server(settings, demo=demo, migrate=migrate or demo))
     raise typer.Exit(code)
+
+
+# Where `serve` with the embedded broker records its address, so that `vendhub sim` and
+# `vendhub mqtt …` run from the same directory find the demo's broker even on a moved port.
+BROKER_FILE = ".vendhub-broker"
+
+
+@contextlib.contextmanager
+def _embedded_broker_recorded(settings: Settings) -> Iterator[None]:
+    from pathlib import Path
+
+    if not settings.embedded_broker:
+        yield
+        return
+    path = Path.cwd() / BROKER_FILE
+    host = settings.mqtt_embedded_bind
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    with contextlib.suppress(OSError):
+        path.write_text(f"{host}:{settings.mqtt_embedded_port}\n")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def tool_mqtt_config(settings: Settings) -> Any:
+    """The broker the tools talk to: MQTT_BROKER_URL, or the embedded broker `serve` runs
+    (its recorded address, else MQTT_EMBEDDED_BIND:MQTT_EMBEDDED_PORT)."""
+    import dataclasses
+    from pathlib import Path
+
+    from vendhub.bootstrap import mqtt_config
+
+    cfg = mqtt_config(settings)
+    recorded = Path.cwd() / BROKER_FILE
+    if settings.embedded_broker and recorded.is_file():
+        host, _, port = recorded.read_text().strip().rpartition(":")
+        if host and port.isdigit():
+            cfg = dataclasses.replace(cfg, host=host, port=int(port))
+    return cfg
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -244,10 +286,25 @@ def _free_embedded_port(settings: Settings) -> Settings:
 
 
 def _mqtt_target(settings: Settings) -> tuple[str, int, str | None, str | None, bool]:
-    from vendhub.bootstrap import mqtt_config
-
-    cfg = mqtt_config(settings)
+    cfg = tool_mqtt_config(settings)
     return cfg.host, cfg.port, cfg.username, cfg.password, cfg.tls
+
+
+@contextlib.contextmanager
+def _broker_errors(settings: Settings) -> Iterator[None]:
+    import aiomqtt
+
+    with one_line_errors():
+        try:
+            yield
+        except aiomqtt.MqttError as exc:
+            host, port, *_ = _mqtt_target(settings)
+            say(
+                f"error: cannot use the MQTT broker at {host}:{port}: {exc}. Check "
+                "MQTT_BROKER_URL (and MQTT_USERNAME / MQTT_PASSWORD), or start `vendhub serve` "
+                "for the embedded one"
+            )
+            raise typer.Exit(2) from None
 
 
 @mqtt_app.command("subscribe")
@@ -259,9 +316,12 @@ def mqtt_subscribe(
     from vendhub.entrypoints.mqtt_tools import subscribe
 
     settings = _settings()
-    asyncio.run(
-        subscribe(_mqtt_target(settings), topic_filter or f"{settings.mqtt_topic_prefix}/#", count)
-    )
+    with _broker_errors(settings):
+        asyncio.run(
+            subscribe(
+                _mqtt_target(settings), topic_filter or f"{settings.mqtt_topic_prefix}/#", count
+            )
+        )
 
 
 @mqtt_app.command("publish")
@@ -277,8 +337,9 @@ def mqtt_publish(
     machine = machine_id or settings.machine_id
     target = topic_name or f"{settings.mqtt_topic_prefix}/{machine}/telemetry"
     body = payload.encode() if payload else json.dumps(sample_telemetry()).encode()
-    asyncio.run(publish(_mqtt_target(settings), target, body))
-    console.print(f"published to {target}: {body.decode()}")
+    with _broker_errors(settings):
+        asyncio.run(publish(_mqtt_target(settings), target, body))
+    say(f"published to {target}: {body.decode()}")
 
 
 @mqtt_app.command("simulate")
@@ -302,8 +363,9 @@ def mqtt_simulate(
         "error": "JAM" if fail else None,
     }
     target = f"{settings.mqtt_topic_prefix}/{machine}/dispense_result"
-    asyncio.run(publish(_mqtt_target(settings), target, json.dumps(result).encode()))
-    console.print(f"published to {target}: {json.dumps(result)}")
+    with _broker_errors(settings):
+        asyncio.run(publish(_mqtt_target(settings), target, json.dumps(result).encode()))
+    say(f"published to {target}: {json.dumps(result)}")
 
 
 @app.command(
@@ -311,10 +373,52 @@ def mqtt_simulate(
     add_help_option=False,
 )
 def sim(ctx: typer.Context) -> None:
-    """Simulated machines speaking protocol.md (see `vendhub sim --help`)."""
+    """Simulated machines speaking protocol.md (see `vendhub sim --help`); the broker and
+    topic prefix default to the configuration (MQTT_BROKER_URL, MQTT_TOPIC_PREFIX)."""
     from vendhub.sim.__main__ import main as sim_main
 
-    sim_main(list(ctx.args))
+    settings = _settings()
+    cfg = tool_mqtt_config(settings)
+    defaults = ["--host", cfg.host, "--port", str(cfg.port)]
+    defaults += ["--prefix", settings.mqtt_topic_prefix]
+    if cfg.username:
+        defaults += ["--username", cfg.username]
+    if cfg.password:
+        defaults += ["--password", cfg.password]
+    if cfg.tls:
+        defaults.append("--tls")
+
+    def register(machine_ids: list[str], stock: int) -> None:
+        _register_machines(settings, machine_ids, stock)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        sim_main([*defaults, *ctx.args], register=register)
+
+
+def _register_machines(settings: Settings, machine_ids: list[str], stock: int) -> None:
+    """`vendhub sim --register`: the machines, slots and stock, with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from vendhub.bootstrap import build
+    from vendhub.services.demo import register_machines
+
+    _ready_database(settings)
+
+    async def run() -> int:
+        container = build(settings)
+        columns = (TextColumn("registering machines"), BarColumn(), MofNCompleteColumn())
+        try:
+            with Progress(*columns, console=console) as bar:
+                task = bar.add_task("register", total=len(machine_ids))
+                return await register_machines(
+                    container.ctx, machine_ids, stock, on_each=lambda: bar.advance(task)
+                )
+        finally:
+            await container.engine.dispose()
+
+    with one_line_errors(settings.resolved_database_url):
+        created = asyncio.run(run())
+    say(f"registered {created} new machine(s); {len(machine_ids) - created} existed already")
 
 
 @app.command()

@@ -21,8 +21,10 @@ SlotNumber = Path(ge=1, le=1000)
 
 
 @router.get("")
-async def list_machines(ctx: CtxDep, _: CurrentUser) -> list[MachinePublic]:
-    return [MachinePublic(**m) for m in await catalog.list_machines(ctx)]
+async def list_machines(
+    ctx: CtxDep, _: CurrentUser, status: catalog.MachineStatus | None = None
+) -> list[MachinePublic]:
+    return [MachinePublic(**m) for m in await catalog.list_machines(ctx, status)]
 
 
 @router.post("", status_code=201)
