@@ -89,3 +89,53 @@ def test_mqtt_tools_with_no_broker_there_say_so_in_one_line(tmp_path: Path) -> N
     lines = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
     assert done.returncode == 2
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "MQTT_BROKER_URL" in lines[0]
+
+
+def test_mqtt_tools_run_beside_serve_use_its_embedded_broker(tmp_path: Path) -> None:
+    """`serve` records where its embedded broker listens; tools started in the same directory
+    use it instead of the default port (where another broker may run)."""
+    import subprocess
+    import time
+
+    import httpx
+
+    http_port, broker_port, prefix = free_port(), free_port(), unique("tools")
+    db = f"sqlite:///{tmp_path / 'demo.db'}"
+    serve_env = clean_env(
+        DATABASE_URL=db,
+        PORT=str(http_port),
+        MQTT_EMBEDDED_PORT=str(broker_port),
+        MQTT_TOPIC_PREFIX=prefix,
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*VENDHUB, "serve", "--migrate"], env=serve_env, cwd=tmp_path, stdout=out, stderr=out
+        )
+    tool_env = clean_env(DATABASE_URL=db, MQTT_TOPIC_PREFIX=prefix)  # no broker port given
+
+    async def publish_and_receive() -> bytes:
+        async with aiomqtt.Client("127.0.0.1", broker_port, identifier=unique("emb-")) as client:
+            await client.subscribe(f"{prefix}/VM01/telemetry", qos=1)
+            done = await asyncio.to_thread(vendhub, "mqtt", "publish", env=tool_env, cwd=tmp_path)
+            assert done.returncode == 0, done.stderr
+            message = await asyncio.wait_for(anext(aiter(client.messages)), 10)
+        assert isinstance(message.payload, bytes)
+        return message.payload
+
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{http_port}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert json.loads(asyncio.run(publish_and_receive()))["temperature"] == 4.5
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert not (tmp_path / ".vendhub-broker").exists()  # removed when serve stops
