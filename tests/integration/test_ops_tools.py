@@ -57,3 +57,43 @@ async def test_registering_machines_creates_stocked_slots_once_sharing_products(
         product_count = await conn.scalar(sa.select(sa.func.count()).select_from(products))
     assert [tuple(r) for r in stock] == [("SIM0001", 6, 30), ("SIM0002", 6, 30), ("SIM0003", 6, 30)]
     assert product_count == 6
+
+
+async def test_hourly_rollups_are_served_newest_first(
+    engine: Any, backend: str, database_urls: dict[str, str]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from vendhub.adapters.db.tables import telemetry
+    from vendhub.services.retention import roll_up
+
+    async with api_client(database_urls[backend]) as (client, container):
+        ctx = container.ctx
+        await quick_shop(ctx, stock=1)
+        start = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+        async with ctx.engine.begin() as conn:
+            await conn.execute(
+                sa.insert(telemetry),
+                [
+                    {
+                        "machine_id": "VM01",
+                        "received_at": start + timedelta(minutes=30 * n),
+                        "temperature": float(n),
+                        "payload": {},
+                    }
+                    for n in range(6)
+                ],
+            )
+        await roll_up(ctx, max_hours=10)  # the real clock: all three hours are long over
+        admin = bearer(container, "user-admin", "SUPER_ADMIN", "admin")
+        response = await client.get("/api/telemetry/VM01/hourly?limit=2", headers=admin)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert [(r["readings"], r["temperature_min"], r["temperature_max"]) for r in body] == [
+            (2, 4.0, 5.0),
+            (2, 2.0, 3.0),
+        ]
+        naive = await client.get(
+            "/api/telemetry/VM01/hourly?since=2026-11-01T00:00:00", headers=admin
+        )
+        assert_error(naive, 422)

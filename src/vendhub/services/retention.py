@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -63,6 +64,19 @@ async def run_pass(ctx: ServiceContext, policy: RetentionPolicy) -> RetentionPas
             rollups,
         )
     return RetentionPass(hours, raw, rollups)
+
+
+async def hourly_for(
+    ctx: ServiceContext, machine_id: str, since: datetime | None, limit: int
+) -> list[dict[str, Any]]:
+    """A machine's hourly rollups, newest first."""
+    query = sa.select(telemetry_hourly).where(telemetry_hourly.c.machine_id == machine_id)
+    if since is not None:
+        query = query.where(telemetry_hourly.c.hour >= since)
+    query = query.order_by(telemetry_hourly.c.hour.desc()).limit(limit)
+    async with ctx.engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    return [{k: v for k, v in row.items() if k != "id"} for row in rows]
 
 
 async def roll_up(ctx: ServiceContext, max_hours: int) -> int:
