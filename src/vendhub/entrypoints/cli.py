@@ -34,10 +34,9 @@ console = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 
-def say(text: str, *, err: bool = True) -> None:
-    """Print text as-is: no markup (JSON has brackets), no highlighting, no wrapping."""
-    target = console if err else Console(soft_wrap=True)
-    target.print(text, markup=False, highlight=False, soft_wrap=True)
+def say(text: str) -> None:
+    """To stderr as-is: no markup (JSON has brackets), no highlighting, no wrapping."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _debug() -> bool:
@@ -91,7 +90,14 @@ def _settings(**overrides: Any) -> Settings:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']).upper() or 'settings'}: {e['msg']}"
+            ": ".join(
+                part
+                for part in (
+                    ".".join(str(p) for p in e["loc"]).upper(),
+                    e["msg"].removeprefix("Value error, "),
+                )
+                if part
+            )
             for e in exc.errors()
         )
         say(f"configuration error: {problems}")
