@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import PG_ADMIN_URL, _admin, unique
+from tests.conftest import PG_ADMIN_URL, _admin, free_port, unique
 from tests.e2e.conftest import Api, Server, Sim, machine_name, prepare, server_env
 from vendhub.adapters.db.engine import create_engine
 from vendhub.config import normalise_database_url
@@ -82,7 +82,7 @@ def test_two_replicas_complete_each_paid_order_once_and_losing_one_loses_nothing
     base.pop("MQTT_CLIENT_ID")  # the defaults are what is under test
     prepare(base, tmp_path, *machines)
     first = Server(base, tmp_path)
-    second = Server({**base, "PORT": str(int(base["PORT"]) + 1)}, tmp_path)
+    second = Server({**base, "PORT": str(free_port())}, tmp_path)
     sim = Sim(base["MQTT_TOPIC_PREFIX"], machines, tmp_path)
     try:
         first.start()
