@@ -11,4 +11,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[dev]'
   touch "$stamp"
+  echo "vendhub installed in .venv: run .venv/bin/vendhub, or 'source .venv/bin/activate' first" >&2
 fi

@@ -16,13 +16,15 @@ from vendhub.adapters.payments.midtrans import MidtransConfig, MidtransProvider
 from vendhub.adapters.payments.sandbox import SandboxProvider
 from vendhub.config import Settings
 from vendhub.metrics import Metrics
-from vendhub.protocol.topics import INBOUND_KINDS, fleet_filter
+from vendhub.protocol.topics import INBOUND_KINDS, TopicKind, fleet_filter
 from vendhub.services import auth, commands
 from vendhub.services.context import PaymentPolicy, ServiceContext, Tunables
 from vendhub.services.ports import PaymentProvider
+from vendhub.services.retention import RetentionPolicy
 from vendhub.workers.intake import Intake
 from vendhub.workers.payment_jobs import run_payment_jobs
 from vendhub.workers.publisher import OutboxPublisher
+from vendhub.workers.retention import run_retention
 from vendhub.workers.timers import run_timers
 
 log = logging.getLogger(__name__)
@@ -73,16 +75,26 @@ def mqtt_config(settings: Settings) -> MqttConfig:
         return MqttConfig(
             host=settings.mqtt_embedded_bind,
             port=settings.mqtt_embedded_port,
-            client_id=settings.mqtt_client_id,
+            client_id=settings.client_id,
             publish_timeout_s=settings.mqtt_publish_timeout_s,
         )
     return MqttConfig.from_url(
         settings.mqtt_broker_url,
         username=settings.mqtt_username,
         password=settings.mqtt_password,
-        client_id=settings.mqtt_client_id,
+        client_id=settings.client_id,
         publish_timeout_s=settings.mqtt_publish_timeout_s,
     )
+
+
+def subscriptions(prefix: str, share_group: str | None) -> list[str]:
+    """Results and telemetry go to one replica of the group; every replica gets every status
+    (applying one is idempotent under a row lock), because brokers send retained messages to
+    plain subscriptions only, and a starting replica needs the fleet's retained presence."""
+    return [
+        fleet_filter(prefix, kind, None if kind is TopicKind.STATUS else share_group)
+        for kind in INBOUND_KINDS
+    ]
 
 
 @dataclass
@@ -102,6 +114,14 @@ class Container:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self, *, workers: bool = True) -> None:
+        try:
+            await self._start(workers=workers)
+        except BaseException:
+            # Nothing half-started may outlive a failed start (the embedded broker's tasks).
+            await self.stop()
+            raise
+
+    async def _start(self, *, workers: bool) -> None:
         if self.broker is not None:
             await self.broker.start()
         if self.settings.admin_username and await auth.ensure_admin(
@@ -122,6 +142,18 @@ class Container:
                     self.ctx, self.payments, self.payment_policy, self.settings.payment_jobs_tick_s
                 ),
                 name="payments",
+            ),
+            asyncio.create_task(
+                run_retention(
+                    self.ctx,
+                    RetentionPolicy(
+                        raw_days=self.settings.telemetry_retention_days,
+                        rollup_days=self.settings.telemetry_rollup_retention_days,
+                        batch=self.settings.telemetry_prune_batch,
+                    ),
+                    self.settings.telemetry_prune_every_s,
+                ),
+                name="retention",
             ),
         ]
 
@@ -153,7 +185,7 @@ def build(settings: Settings) -> Container:
     prefix = settings.mqtt_topic_prefix
     mqtt = MqttClient(
         config=mqtt_config(settings),
-        subscriptions=[fleet_filter(prefix, k, settings.mqtt_share_group) for k in INBOUND_KINDS],
+        subscriptions=subscriptions(prefix, settings.share_group),
         on_message=intake.handle,
     )
     publisher = OutboxPublisher(ctx, mqtt, metrics)
@@ -186,14 +218,21 @@ def build(settings: Settings) -> Container:
 
 
 async def _sync_fleet(container: Container) -> None:
-    """protocol.md: on (re)connect ask every machine for unacknowledged results."""
+    """protocol.md: on (re)connect ask for unacknowledged results, but only machines with a
+    command in flight (the others have no result we could have missed; devices re-publish
+    until acked anyway), paced at MQTT_SYNC_PER_S so a reconnect is not a burst."""
     from vendhub.protocol.messages import SyncCommand
-    from vendhub.protocol.topics import TopicKind, topic
-    from vendhub.services.catalog import list_machines
+    from vendhub.protocol.topics import topic
+    from vendhub.services.fleet import machines_awaiting_results
 
     prefix = container.settings.mqtt_topic_prefix
-    for machine in await list_machines(container.ctx):
-        if machine.is_active:
-            await container.mqtt.publish(
-                topic(prefix, machine.id, TopicKind.COMMAND), SyncCommand().to_bytes()
-            )
+    pause = 1.0 / container.settings.mqtt_sync_per_s
+    machine_ids = await machines_awaiting_results(container.ctx)
+    for index, machine_id in enumerate(machine_ids):
+        if index:
+            await asyncio.sleep(pause)
+        await container.mqtt.publish(
+            topic(prefix, machine_id, TopicKind.COMMAND), SyncCommand().to_bytes()
+        )
+    if machine_ids:
+        log.info("asked %d machine(s) with a command in flight to sync", len(machine_ids))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from functools import cached_property
 from typing import Literal
 from urllib.parse import quote_plus, urlsplit
@@ -15,6 +17,7 @@ DEV_ADMIN_PASSWORD = "admin123"
 DEV_SANDBOX_SERVER_KEY = "SB-Mid-server-vendhub-sandbox-key"
 EMBEDDED = "embedded"
 ENVIRONMENTS = ("development", "test", "production")
+MQTT_SCHEMES = ("mqtt", "mqtts", "tcp", "ssl", "tls")
 
 
 class ConfigError(ValueError):
@@ -49,8 +52,10 @@ class Settings(BaseSettings):
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_topic_prefix: str = "vm"
-    mqtt_client_id: str = "vendhub-backend"
-    mqtt_share_group: str | None = None
+    mqtt_client_id: str | None = None  # default: vendhub-{hostname}-{REPLICA_ID or PORT}
+    replica_id: str | None = None
+    mqtt_share_group: str | None = None  # default: "vendhub" on an external broker; "none": off
+    mqtt_sync_per_s: float = Field(default=20.0, gt=0)
     mqtt_embedded_bind: str = "127.0.0.1"
     mqtt_embedded_port: int = 1883
     mqtt_publish_timeout_s: float = 10.0
@@ -87,6 +92,12 @@ class Settings(BaseSettings):
     dispense_queue_ttl_s: int = Field(default=600, ge=10)
     default_telemetry_interval_s: int = 60
 
+    # Telemetry retention (services/retention.py)
+    telemetry_retention_days: int = Field(default=14, ge=1)
+    telemetry_rollup_retention_days: int = Field(default=400, ge=1)
+    telemetry_prune_batch: int = Field(default=5000, ge=1)
+    telemetry_prune_every_s: float = Field(default=300.0, gt=0)
+
     debug_endpoints: bool | None = None
     max_body_bytes: int = 64 * 1024
     log_level: str = "INFO"
@@ -101,6 +112,23 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"DISPLAY_TZ {value!r} is not an IANA time zone") from None
         return value
+
+    @field_validator("mqtt_broker_url")
+    @classmethod
+    def _broker_url_parses(cls, value: str) -> str:
+        if value.strip().lower() in ("", EMBEDDED):
+            return value
+        parts = urlsplit(value.strip())
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            raise ValueError(f"{value!r} has an invalid port") from None
+        if parts.scheme not in MQTT_SCHEMES or not parts.hostname:
+            raise ValueError(
+                f"{value!r} is not a broker URL: use mqtt://host:1883, mqtts://host:8883 "
+                f"or {EMBEDDED!r}"
+            )
+        return value.strip()
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
@@ -197,6 +225,24 @@ class Settings(BaseSettings):
             return f"mqtt://{self.mqtt_embedded_bind}:{self.mqtt_embedded_port} (embedded)"
         parts = urlsplit(self.mqtt_broker_url)
         return f"{parts.scheme}://{parts.hostname}:{parts.port or default_mqtt_port(parts.scheme)}"
+
+    @property
+    def client_id(self) -> str:
+        """Distinct per replica, the same across its restarts (so the broker keeps its session):
+        the host name, plus REPLICA_ID or, failing that, the HTTP port (replicas on one host
+        listen on different ports)."""
+        if self.mqtt_client_id:
+            return self.mqtt_client_id
+        host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "host"
+        return f"vendhub-{host}-{self.replica_id or self.port}"
+
+    @property
+    def share_group(self) -> str | None:
+        """Replicas share fleet-wide subscriptions; the embedded broker has no $share support."""
+        if self.mqtt_share_group is not None:
+            group = self.mqtt_share_group.strip()
+            return None if group.lower() in ("", "none", "off") else group
+        return None if self.embedded_broker else "vendhub"
 
     @property
     def payment_server_key(self) -> str:

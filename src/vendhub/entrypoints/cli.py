@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import socket
 import sys
-from collections.abc import Coroutine
+import traceback
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -30,8 +33,58 @@ app.add_typer(users_app, name="users")
 app.add_typer(mqtt_app, name="mqtt")
 broker_app = typer.Typer(help="The Mosquitto broker devices connect to.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
-console = Console(stderr=True)
+# soft_wrap: Rich would otherwise break long lines (URLs, JSON) at 80 columns when piped.
+console = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
+
+
+def say(text: str) -> None:
+    """To stderr as-is: no markup (JSON has brackets), no highlighting, no wrapping."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _debug() -> bool:
+    return os.environ.get("LOG_LEVEL", "").strip().upper() == "DEBUG"
+
+
+@contextlib.contextmanager
+def one_line_errors(database_url: str | None = None) -> Iterator[None]:
+    """Any failure becomes one line naming the fix; the traceback only with LOG_LEVEL=DEBUG."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from vendhub.entrypoints.preflight import StartupError, describe_database_error
+
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except StartupError as exc:
+        if _debug():
+            _report(exc, f"error: {exc}")
+        else:
+            say(f"error: {exc}")  # says all there is; a traceback would add nothing
+        raise typer.Exit(2) from None
+    except (SQLAlchemyError, OSError) as exc:
+        if database_url is None or not isinstance(exc, SQLAlchemyError | ConnectionError):
+            _report(exc, f"error: {_first_line(exc)}")
+            raise typer.Exit(1) from None
+        _report(exc, f"error: {describe_database_error(exc, database_url)}")
+        raise typer.Exit(2) from None
+    except Exception as exc:
+        _report(exc, f"error: {type(exc).__name__}: {_first_line(exc)}")
+        raise typer.Exit(1) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _report(exc: BaseException, line: str) -> None:
+    if _debug():
+        say("".join(traceback.format_exception(exc)).rstrip())
+    say(line if _debug() else f"{line} (LOG_LEVEL=DEBUG shows the traceback)")
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -39,12 +92,16 @@ def _settings(**overrides: Any) -> Settings:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except (ConfigError, ValueError) as exc:
         # One line, never wrapped, no traceback: it ends up in a service manager's log.
-        console.print(
-            f"[red]configuration error:[/red] {escape(config_error_line(exc))}",
-            soft_wrap=True,
-            highlight=False,
-        )
+        say(f"configuration error: {config_error_line(exc)}")
         raise typer.Exit(2) from None
+
+
+def _ready_database(settings: Settings) -> None:
+    """Reachable and migrated, or one line saying which and how to fix it."""
+    from vendhub.entrypoints.preflight import check_database
+
+    with one_line_errors(settings.resolved_database_url):
+        asyncio.run(check_database(settings.resolved_database_url))
 
 
 def config_error_line(exc: Exception) -> str:
@@ -73,10 +130,14 @@ def _logging(level: str) -> None:
 def db_upgrade(revision: str = "head") -> None:
     """Create or migrate the schema (migrations ship inside the package)."""
     from vendhub.adapters.db.migrate import upgrade
+    from vendhub.entrypoints.preflight import check_sqlite_directory
 
     settings = _settings()
-    upgrade(settings.resolved_database_url, revision)
-    console.print(f"database at {_redacted(settings.resolved_database_url)} is at {revision}")
+    url = settings.resolved_database_url
+    with one_line_errors(url):
+        check_sqlite_directory(url)
+        upgrade(url, revision)
+    say(f"database at {_redacted(url)} is at {revision}")
 
 
 def _redacted(url: str) -> str:
@@ -96,15 +157,19 @@ def seed(
     from vendhub.bootstrap import build
     from vendhub.services.demo import seed_demo
 
+    settings = _settings()
+    _ready_database(settings)
+
     async def run() -> bool:
-        container = build(_settings())
+        container = build(settings)
         try:
             return await seed_demo(container.ctx, container.settings.machine_id)
         finally:
             await container.engine.dispose()
 
-    seeded = asyncio.run(run())
-    console.print("demo data loaded" if seeded else "demo machine exists already; nothing changed")
+    with one_line_errors(settings.resolved_database_url):
+        seeded = asyncio.run(run())
+    say("demo data loaded" if seeded else "demo machine exists already; nothing changed")
 
 
 @users_app.command("create-admin")
@@ -118,19 +183,23 @@ def create_admin(
     from vendhub.services.auth import Role, create_user
     from vendhub.services.errors import Conflict
 
+    settings = _settings()
+    _ready_database(settings)
+
     async def run() -> str:
-        container = build(_settings())
+        container = build(settings)
         try:
             return await create_user(container.ctx, username, password, Role(role))
         finally:
             await container.engine.dispose()
 
-    try:
-        user_id = asyncio.run(run())
-    except Conflict as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
-    console.print(f"created {role} {username} ({user_id})")
+    with one_line_errors(settings.resolved_database_url):
+        try:
+            user_id = asyncio.run(run())
+        except Conflict as exc:
+            say(f"error: {exc}")
+            raise typer.Exit(1) from None
+    say(f"created {role} {username} ({user_id})")
 
 
 @app.command()
@@ -152,8 +221,51 @@ def serve(
     _logging(settings.log_level)
     if demo and settings.embedded_broker:
         settings = _free_embedded_port(settings)
-    code = run_async(run_server(settings, demo=demo, migrate=migrate or demo))
+    with one_line_errors(settings.resolved_database_url), _embedded_broker_recorded(settings):
+        code = run_async(run_server(settings, demo=demo, migrate=migrate or demo))
     raise typer.Exit(code)
+
+
+# Where `serve` with the embedded broker records its address, so that `vendhub sim` and
+# `vendhub mqtt …` run from the same directory find the demo's broker even on a moved port.
+BROKER_FILE = ".vendhub-broker"
+
+
+@contextlib.contextmanager
+def _embedded_broker_recorded(settings: Settings) -> Iterator[None]:
+    from pathlib import Path
+
+    if not settings.embedded_broker:
+        yield
+        return
+    path = Path.cwd() / BROKER_FILE
+    host = settings.mqtt_embedded_bind
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    with contextlib.suppress(OSError):
+        path.write_text(f"{host}:{settings.mqtt_embedded_port}\n")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def tool_mqtt_config(settings: Settings) -> Any:
+    """The broker the tools talk to: MQTT_BROKER_URL, or the embedded broker `serve` runs
+    (its recorded address, else MQTT_EMBEDDED_BIND:MQTT_EMBEDDED_PORT)."""
+    import dataclasses
+    from pathlib import Path
+
+    from vendhub.bootstrap import mqtt_config
+
+    cfg = mqtt_config(settings)
+    recorded = Path.cwd() / BROKER_FILE
+    if settings.embedded_broker and recorded.is_file():
+        host, _, port = recorded.read_text().strip().rpartition(":")
+        if host and port.isdigit():
+            cfg = dataclasses.replace(cfg, host=host, port=int(port))
+    return cfg
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -183,10 +295,25 @@ def _free_embedded_port(settings: Settings) -> Settings:
 
 
 def _mqtt_target(settings: Settings) -> tuple[str, int, str | None, str | None, bool]:
-    from vendhub.bootstrap import mqtt_config
-
-    cfg = mqtt_config(settings)
+    cfg = tool_mqtt_config(settings)
     return cfg.host, cfg.port, cfg.username, cfg.password, cfg.tls
+
+
+@contextlib.contextmanager
+def _broker_errors(settings: Settings) -> Iterator[None]:
+    import aiomqtt
+
+    with one_line_errors():
+        try:
+            yield
+        except aiomqtt.MqttError as exc:
+            host, port, *_ = _mqtt_target(settings)
+            say(
+                f"error: cannot use the MQTT broker at {host}:{port}: {exc}. Check "
+                "MQTT_BROKER_URL (and MQTT_USERNAME / MQTT_PASSWORD), or start `vendhub serve` "
+                "for the embedded one"
+            )
+            raise typer.Exit(2) from None
 
 
 @mqtt_app.command("subscribe")
@@ -198,9 +325,12 @@ def mqtt_subscribe(
     from vendhub.entrypoints.mqtt_tools import subscribe
 
     settings = _settings()
-    asyncio.run(
-        subscribe(_mqtt_target(settings), topic_filter or f"{settings.mqtt_topic_prefix}/#", count)
-    )
+    with _broker_errors(settings):
+        asyncio.run(
+            subscribe(
+                _mqtt_target(settings), topic_filter or f"{settings.mqtt_topic_prefix}/#", count
+            )
+        )
 
 
 @mqtt_app.command("publish")
@@ -216,8 +346,9 @@ def mqtt_publish(
     machine = machine_id or settings.machine_id
     target = topic_name or f"{settings.mqtt_topic_prefix}/{machine}/telemetry"
     body = payload.encode() if payload else json.dumps(sample_telemetry()).encode()
-    asyncio.run(publish(_mqtt_target(settings), target, body))
-    console.print(f"published to {target}: {body.decode()}")
+    with _broker_errors(settings):
+        asyncio.run(publish(_mqtt_target(settings), target, body))
+    say(f"published to {target}: {body.decode()}")
 
 
 @mqtt_app.command("simulate")
@@ -241,8 +372,9 @@ def mqtt_simulate(
         "error": "JAM" if fail else None,
     }
     target = f"{settings.mqtt_topic_prefix}/{machine}/dispense_result"
-    asyncio.run(publish(_mqtt_target(settings), target, json.dumps(result).encode()))
-    console.print(f"published to {target}: {json.dumps(result)}")
+    with _broker_errors(settings):
+        asyncio.run(publish(_mqtt_target(settings), target, json.dumps(result).encode()))
+    say(f"published to {target}: {json.dumps(result)}")
 
 
 @app.command(
@@ -250,10 +382,52 @@ def mqtt_simulate(
     add_help_option=False,
 )
 def sim(ctx: typer.Context) -> None:
-    """Simulated machines speaking protocol.md (see `vendhub sim --help`)."""
+    """Simulated machines speaking protocol.md (see `vendhub sim --help`); the broker and
+    topic prefix default to the configuration (MQTT_BROKER_URL, MQTT_TOPIC_PREFIX)."""
     from vendhub.sim.__main__ import main as sim_main
 
-    sim_main(list(ctx.args))
+    settings = _settings()
+    cfg = tool_mqtt_config(settings)
+    defaults = ["--host", cfg.host, "--port", str(cfg.port)]
+    defaults += ["--prefix", settings.mqtt_topic_prefix]
+    if cfg.username:
+        defaults += ["--username", cfg.username]
+    if cfg.password:
+        defaults += ["--password", cfg.password]
+    if cfg.tls:
+        defaults.append("--tls")
+
+    def register(machine_ids: list[str], stock: int) -> None:
+        _register_machines(settings, machine_ids, stock)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        sim_main([*defaults, *ctx.args], register=register)
+
+
+def _register_machines(settings: Settings, machine_ids: list[str], stock: int) -> None:
+    """`vendhub sim --register`: the machines, slots and stock, with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from vendhub.bootstrap import build
+    from vendhub.services.demo import register_machines
+
+    _ready_database(settings)
+
+    async def run() -> int:
+        container = build(settings)
+        columns = (TextColumn("registering machines"), BarColumn(), MofNCompleteColumn())
+        try:
+            with Progress(*columns, console=console) as bar:
+                task = bar.add_task("register", total=len(machine_ids))
+                return await register_machines(
+                    container.ctx, machine_ids, stock, on_each=lambda: bar.advance(task)
+                )
+        finally:
+            await container.engine.dispose()
+
+    with one_line_errors(settings.resolved_database_url):
+        created = asyncio.run(run())
+    say(f"registered {created} new machine(s); {len(machine_ids) - created} existed already")
 
 
 @app.command(
@@ -333,7 +507,8 @@ def broker_config(
         directory=directory,
         backend_username=cfg.username or settings.mqtt_username or "",
         backend_password=cfg.password or settings.mqtt_password or "",
-        backend_client_id=settings.mqtt_client_id,
+        # Every replica's default id starts with "vendhub-" (Settings.client_id).
+        backend_client_id=settings.mqtt_client_id or "vendhub-",
         port=port,
         bind=bind,
         backend_port=backend_port if backend_port is not None else port + 1,

@@ -5,20 +5,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import threading
 from collections.abc import Generator
+from types import FrameType
 
 import httpx
 import uvicorn
 
 from vendhub.adapters.db.migrate import upgrade_async
-from vendhub.adapters.mqtt.embedded import BrokerPortInUse, check_port_free
+from vendhub.adapters.mqtt.embedded import BrokerPortInUse
 from vendhub.bootstrap import build, mqtt_config
 from vendhub.config import Settings
 from vendhub.entrypoints.api.app import create_app
+from vendhub.entrypoints.preflight import (
+    StartupError,
+    check_database,
+    check_settings,
+    check_sqlite_directory,
+)
 from vendhub.services.demo import seed_demo
 
 log = logging.getLogger("vendhub.serve")
 FINAL = {"COMPLETED", "FAILED", "REFUNDED", "EXPIRED", "CANCELLED"}
+# After SIGTERM/SIGINT the process is gone within this, even if some shutdown step hangs.
+SHUTDOWN_DEADLINE_S = 25.0
 
 
 class _Server(uvicorn.Server):
@@ -36,17 +47,29 @@ class _Server(uvicorn.Server):
             finally:
                 self._captured_signals.clear()
 
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            # A daemon timer, not a task: it fires even if the event loop is stuck.
+            timer = threading.Timer(SHUTDOWN_DEADLINE_S, _exit_now)
+            timer.daemon = True
+            timer.start()
+        super().handle_exit(sig, frame)
+
+
+def _exit_now() -> None:
+    log.error("shutdown did not finish within %.0f s; exiting anyway", SHUTDOWN_DEADLINE_S)
+    logging.shutdown()
+    os._exit(1)
+
 
 async def run_server(settings: Settings, *, demo: bool = False, migrate: bool = False) -> int:
-    if settings.embedded_broker:
-        # Checked before uvicorn starts: a failure inside its lifespan prints a traceback.
-        try:
-            check_port_free(settings.mqtt_embedded_bind, settings.mqtt_embedded_port)
-        except BrokerPortInUse as exc:
-            log.error("%s", exc)
-            return 2
+    # Checked before uvicorn starts: a failure inside its lifespan prints a traceback and
+    # leaves the embedded broker's tasks behind.
+    check_settings(settings)
+    check_sqlite_directory(settings.resolved_database_url)
     if migrate:
         await upgrade_async(settings.resolved_database_url)
+    await check_database(settings.resolved_database_url)
     container = build(settings)
     if demo:
         await seed_demo(container.ctx, settings.machine_id)
@@ -67,9 +90,8 @@ async def run_server(settings: Settings, *, demo: bool = False, migrate: bool = 
         tasks.append(asyncio.create_task(_demo(settings, server)))
     try:
         await server.serve()
-    except BrokerPortInUse as exc:
-        log.error("%s", exc)
-        return 2
+    except BrokerPortInUse as exc:  # taken between the check and the bind
+        raise StartupError(str(exc)) from None
     finally:
         for task in tasks:
             task.cancel()

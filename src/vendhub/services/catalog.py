@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from vendhub.adapters.db.tables import machines, products, slots
-from vendhub.protocol.messages import MachineConfig, SlotConfig
+from vendhub.protocol.messages import MachineConfig, PresenceStatus, SlotConfig
 from vendhub.protocol.topics import valid_machine_id
 from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import lock_machine
@@ -27,9 +28,23 @@ def _available(row: Any) -> int:
     return int(row["current_stock"]) - int(row["reserved"])
 
 
-async def list_machines(ctx: ServiceContext) -> list[MachineView]:
+class MachineStatus(StrEnum):
+    """A machine's presence as stored: what its status topic last said, UNKNOWN before."""
+
+    UNKNOWN = "UNKNOWN"
+    ONLINE = PresenceStatus.ONLINE.value
+    OFFLINE = PresenceStatus.OFFLINE.value
+    MAINTENANCE = PresenceStatus.MAINTENANCE.value
+
+
+async def list_machines(
+    ctx: ServiceContext, status: MachineStatus | None = None
+) -> list[MachineView]:
+    query = sa.select(machines).order_by(machines.c.id)
+    if status is not None:
+        query = query.where(machines.c.status == status.value)
     async with ctx.engine.connect() as conn:
-        rows = await every(conn, sa.select(machines).order_by(machines.c.id))
+        rows = await every(conn, query)
     return [MachineView.model_validate(r) for r in rows]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from vendhub.adapters.db.tables import machine_events, machines, slots, telemetry
+from vendhub.adapters.db.tables import dispenses, machine_events, machines, slots, telemetry
 from vendhub.protocol.messages import PresenceStatus, StatusMessage, SyncCommand, Telemetry
 from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import dispatch_next, lock_machine
@@ -211,3 +211,15 @@ async def set_status_by_operator(
     log.info(
         "machine %s set %s by operator %s (%s)", machine_id, status.value, username, reason or "-"
     )
+
+
+async def machines_awaiting_results(ctx: ServiceContext) -> list[str]:
+    """Active machines with a command in flight: the only ones a missed result can be from."""
+    async with ctx.engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(dispenses.c.inflight_machine)
+            .join(machines, machines.c.id == dispenses.c.inflight_machine)
+            .where(dispenses.c.inflight_machine.is_not(None), machines.c.is_active.is_(True))
+            .order_by(dispenses.c.inflight_machine)
+        )
+        return [str(machine_id) for machine_id in rows.scalars()]

@@ -96,6 +96,23 @@ class TelemetryView(View):
     payload: dict[str, Any]
 
 
+class HourlyView(View):
+    """One machine-hour of telemetry, rolled up (min/avg/max)."""
+
+    machine_id: str
+    hour: datetime
+    readings: int
+    temperature_min: float | None
+    temperature_avg: float | None
+    temperature_max: float | None
+    humidity_min: float | None
+    humidity_avg: float | None
+    humidity_max: float | None
+    rssi_min: int | None
+    rssi_avg: float | None
+    rssi_max: int | None
+
+
 class OrderSummaryView(View):
     order_id: str
     machine_id: str

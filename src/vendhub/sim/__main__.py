@@ -7,11 +7,13 @@ import asyncio
 import json
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
 from vendhub.sim.fleet import run_fleet
 from vendhub.sim.options import Faults, SimOptions
+from vendhub.sim.stats import FleetStats
 
 
 def _fault(text: str) -> tuple[str, float]:
@@ -59,8 +61,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="seconds; default: until Ctrl-C")
     p.add_argument("--stock", type=int, help="units per slot; default: never empty")
     p.add_argument("--fault", type=_fault, action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument(
+        "--register",
+        action="store_true",
+        help="first create the machines, their six slots and stock in vendhub's database "
+        "(DATABASE_URL); `vendhub sim` only",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+# Called with the machine ids and units per slot before the fleet starts (`--register`).
+Register = Callable[[list[str], int], None]
 
 
 def _options(args: argparse.Namespace) -> SimOptions:
@@ -90,17 +102,44 @@ async def _main(options: SimOptions) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    stats = await run_fleet(options, stop)
+    stats = FleetStats()
+    progress = asyncio.create_task(_show_connecting(stats, len(options.resolved_ids()), stop))
+    try:
+        await run_fleet(options, stop, stats)
+    finally:
+        progress.cancel()
+        await asyncio.gather(progress, return_exceptions=True)
     print(stats.summary())
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+async def _show_connecting(stats: FleetStats, total: int, stop: asyncio.Event) -> None:
+    """A progress bar on stderr until every machine has connected once."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (TextColumn("connecting machines"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("connect", total=total)
+        while not stop.is_set():
+            bar.update(task, completed=min(stats.connects, total))
+            if stats.connects >= total:
+                return
+            await asyncio.sleep(0.2)
+
+
+def main(argv: list[str] | None = None, register: Register | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    asyncio.run(_main(_options(args)))
+    options = _options(args)
+    if args.register:
+        if register is None:
+            parser.error("--register needs the database: run it as `vendhub sim --register`")
+        register(options.resolved_ids(), options.stock_per_slot or 8)
+    asyncio.run(_main(options))
 
 
 if __name__ == "__main__":

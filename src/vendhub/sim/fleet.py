@@ -21,9 +21,13 @@ def build_fleet(options: SimOptions, stats: FleetStats | None = None) -> list[Si
     return [SimulatedMachine(mid, options, stats=shared) for mid in options.resolved_ids()]
 
 
-async def run_fleet(options: SimOptions, stop_event: asyncio.Event | None = None) -> FleetStats:
+async def run_fleet(
+    options: SimOptions,
+    stop_event: asyncio.Event | None = None,
+    stats: FleetStats | None = None,
+) -> FleetStats:
     """Run the fleet until duration_s elapses or stop_event is set; return its counters."""
-    stats = FleetStats()
+    stats = stats if stats is not None else FleetStats()
     machines = build_fleet(options, stats)
     stop = stop_event if stop_event is not None else asyncio.Event()
     # Staggered first connections: a thousand simultaneous CONNECTs would queue in the

@@ -35,3 +35,11 @@ def current_head() -> str:
     if head is None:
         raise RuntimeError("no migrations found")
     return head
+
+
+def known_revisions() -> list[str]:
+    """Every revision this release ships, oldest first."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return [rev.revision for rev in reversed(list(script.walk_revisions()))]

@@ -280,6 +280,29 @@ telemetry = sa.Table(
     sa.Column("door", sa.String(32)),
     sa.Column("payload", sa.JSON, nullable=False),
     sa.Index(None, "machine_id", "received_at"),
+    sa.Index(None, "received_at"),  # the hourly rollup reads the whole fleet's hour
+)
+
+# Hourly min/avg/max per machine; raw `telemetry` rows are deleted once rolled up and older
+# than TELEMETRY_RETENTION_DAYS (services/retention.py).
+telemetry_hourly = sa.Table(
+    "telemetry_hourly",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("machine_id", sa.String(50), nullable=False),
+    sa.Column("hour", UTCDateTime(), nullable=False),
+    sa.Column("readings", sa.Integer, nullable=False),
+    sa.Column("temperature_min", sa.Float),
+    sa.Column("temperature_avg", sa.Float),
+    sa.Column("temperature_max", sa.Float),
+    sa.Column("humidity_min", sa.Float),
+    sa.Column("humidity_avg", sa.Float),
+    sa.Column("humidity_max", sa.Float),
+    sa.Column("rssi_min", sa.Integer),
+    sa.Column("rssi_avg", sa.Float),
+    sa.Column("rssi_max", sa.Integer),
+    sa.UniqueConstraint("machine_id", "hour"),
+    sa.Index(None, "hour"),
 )
 
 machine_events = sa.Table(

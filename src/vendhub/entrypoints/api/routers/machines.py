@@ -24,8 +24,13 @@ SlotNumber = Path(ge=1, le=1000)
 
 
 @router.get("")
-async def list_machines(ctx: CtxDep, _: CurrentUser, page: WindowDep) -> Page[MachinePublic]:
-    return Page[MachinePublic].of(Slice.cut(await catalog.list_machines(ctx), page))
+async def list_machines(
+    ctx: CtxDep,
+    _: CurrentUser,
+    page: WindowDep,
+    status: catalog.MachineStatus | None = None,
+) -> Page[MachinePublic]:
+    return Page[MachinePublic].of(Slice.cut(await catalog.list_machines(ctx, status), page))
 
 
 @router.post("", status_code=201)

@@ -8,9 +8,9 @@ from fastapi import APIRouter
 
 from vendhub.entrypoints.api.deps import CtxDep, CurrentUser, WindowDep
 from vendhub.entrypoints.api.replies import Page, TemperaturePage
-from vendhub.services import reports
+from vendhub.services import reports, retention
 from vendhub.services.errors import InvalidRequest, NotFound
-from vendhub.services.views import TelemetryView, Window
+from vendhub.services.views import HourlyView, TelemetryView, Window
 
 router = APIRouter(prefix="/api/telemetry", tags=["telemetry"])
 temperature_router = APIRouter(prefix="/api/temperature", tags=["telemetry"])
@@ -43,3 +43,17 @@ async def temperature(machine_id: str, ctx: CtxDep, page: WindowDep) -> Temperat
     return TemperaturePage.of_readings(
         machine_id, await reports.temperature_for(ctx, machine_id, page)
     )
+
+
+@router.get("/{machine_id}/hourly")
+async def hourly(
+    machine_id: str,
+    ctx: CtxDep,
+    _: CurrentUser,
+    page: WindowDep,
+    since: datetime | None = None,
+) -> Page[HourlyView]:
+    """Hourly min/avg/max, newest first; kept TELEMETRY_ROLLUP_RETENTION_DAYS."""
+    if since is not None and since.tzinfo is None:
+        raise InvalidRequest("since must carry a timezone (e.g. 2026-11-27T00:00:00Z)")
+    return Page[HourlyView].of(await retention.hourly_for(ctx, machine_id, since, page))
