@@ -31,7 +31,7 @@ async def test_the_machines_list_filters_by_status(
         async def ids(query: str) -> list[str]:
             response = await client.get(f"/api/machines{query}", headers=admin)
             assert response.status_code == 200, response.text
-            return [m["id"] for m in response.json()]
+            return [m["id"] for m in response.json()["data"]]
 
         assert await ids("") == ["VM01", "VM02", "VM03"]
         assert await ids("?status=OFFLINE") == ["VM02"]

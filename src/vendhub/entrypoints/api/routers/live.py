@@ -19,6 +19,14 @@ from vendhub.services import auth, overview
 from vendhub.services.errors import Unauthorized
 
 router = APIRouter(tags=["live"])
+
+# Server-Sent Events: each `data:` line is one JSON object (described on each endpoint).
+STREAM: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "a stream of Server-Sent Events, one JSON object per event",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
 _bearer = HTTPBearer(auto_error=False)
 
 # Streams read the database (so every replica sees every change) this often; a kiosk
@@ -49,7 +57,7 @@ async def _changes(
         await asyncio.sleep(every_s)
 
 
-@router.get("/api/orders/{order_id}/events", response_class=EventSourceResponse)
+@router.get("/api/orders/{order_id}/events", response_class=EventSourceResponse, responses=STREAM)
 async def order_events(order_id: str, request: Request, container: ContainerDep) -> Any:
     """Public: status, units dropped/failed of the total, refund amount; ends when final."""
     ctx = container.ctx
@@ -64,7 +72,7 @@ async def order_events(order_id: str, request: Request, container: ContainerDep)
     return EventSourceResponse(stream, ping=15)
 
 
-@router.get("/api/fleet/events", response_class=EventSourceResponse)
+@router.get("/api/fleet/events", response_class=EventSourceResponse, responses=STREAM)
 async def fleet_events(request: Request, container: ContainerDep) -> Any:
     """Operators (bearer token or console session): presence, reading, low stock, alerts."""
     secret = container.settings.jwt_secret

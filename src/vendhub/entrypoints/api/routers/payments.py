@@ -100,7 +100,11 @@ async def sandbox_page(
     )
 
 
-@router.post("/sandbox/{order_id}/pay", response_model=None)
+@router.post(
+    "/sandbox/{order_id}/pay",
+    response_model=PaymentOutcome,
+    responses={303: {"description": "the pay page's form: back to the page"}},
+)
 async def sandbox_pay(
     request: Request, order_id: str, container: ContainerDep
 ) -> PaymentOutcome | RedirectResponse:
