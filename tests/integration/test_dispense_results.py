@@ -129,18 +129,22 @@ async def test_failed_unit_fails_order_releases_stock_and_owes_one_refund(
 
 
 async def test_seed_style_result_without_command_id_matches_the_unit_in_flight(
-    stocked: ServiceContext,
+    stocked: ServiceContext, clock: Any
 ) -> None:
     ctx = stocked
     order_id = await paid_order(ctx)
     [command] = await commands(ctx)
+    clock.advance(2)  # the motor ran its 1500 ms
     assert await apply(ctx, orderId=order_id, slot=1) == "APPLIED"
     assert await order_status(ctx, order_id) == "COMPLETED"
     assert (await slot_row(ctx, 1))["current_stock"] == 4
     [ack] = await outbox_rows(ctx, "ack")
     assert ack["body"]["commandId"] == command["commandId"]
-    # Nothing is in flight any more, so a repeat matches nothing and changes nothing.
-    assert await apply(ctx, orderId=order_id, slot=1) == "UNKNOWN"
+    # The same report again is a duplicate: acknowledged again, nothing changes.
+    assert await apply(ctx, orderId=order_id, slot=1) == "DUPLICATE"
+    assert (await slot_row(ctx, 1))["current_stock"] == 4
+    # A different report with nothing in flight matches nothing.
+    assert await apply(ctx, orderId=order_id, slot=1, durationMs=1700) == "UNKNOWN"
     assert (await slot_row(ctx, 1))["current_stock"] == 4
 
 
@@ -258,7 +262,7 @@ async def test_second_order_on_the_same_machine_waits_for_the_first_result(
     assert await order_status(ctx, second_order) == "DISPENSING"
 
 
-async def test_result_arriving_after_give_up_is_recorded_and_alerted_not_applied(
+async def test_drop_reported_after_give_up_counts_as_sold_holds_the_refund_and_moves_stock(
     stocked: ServiceContext, clock: Any
 ) -> None:
     from vendhub.services import commands as command_service
@@ -268,9 +272,17 @@ async def test_result_arriving_after_give_up_is_recorded_and_alerted_not_applied
     [command] = await commands(ctx)
     clock.advance(ctx.tunables.command_ttl_s + 10)
     assert await command_service.give_up_due(ctx) == 1
-    assert await report(ctx, command) == "LATE"
-    assert await order_status(ctx, order_id) == "FAILED"
     assert (await slot_row(ctx, 1))["current_stock"] == 5
+    assert await report(ctx, command) == "LATE"
+    assert await order_status(ctx, order_id) == "COMPLETED"
+    slot = await slot_row(ctx, 1)
+    assert (slot["current_stock"], slot["reserved"]) == (4, 0)
     [alert] = await rows(ctx, machine_events)
     assert (alert["event_type"], alert["severity"]) == ("LATE_RESULT", "critical")
-    assert await count(ctx, refunds) == 1
+    assert command["commandId"] in alert["message"] and "held" in alert["message"]
+    [refund] = await rows(ctx, refunds)
+    assert (refund["status"], refund["amount"]) == ("HELD", COCA_COLA)
+    # Told again, nothing moves twice.
+    assert await report(ctx, command) == "DUPLICATE"
+    assert (await slot_row(ctx, 1))["current_stock"] == 4
+    assert await count(ctx, stock_logs, stock_logs.c.change_type == "DISPENSE") == 1

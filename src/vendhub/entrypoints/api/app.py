@@ -21,6 +21,7 @@ from vendhub.entrypoints.api.routers import (
     orders,
     payments,
     products,
+    refunds,
     stock,
     telemetry,
 )
@@ -65,6 +66,7 @@ def create_app(
         stock,
         telemetry,
         debug,
+        refunds,
     ):
         app.include_router(module.router)
     return app

@@ -122,9 +122,15 @@ class OrderPublic(BaseModel):
     items: list[OrderItemPublic]
     dispenses: list[DispensePublic]
     refunds: list[RefundPublic]
-    # True while any refund of this order is still owed (PENDING) or was refused (FAILED).
+    # True while the ledger says money is owed back (a refund PENDING, or FAILED and not yet
+    # paid another way).
     refund_pending: bool = False
     payment: PaymentInfo | None
+    # The money ledger (payment_receipts, units, refunds): every payment of any transaction,
+    # what is still owed back, and refunds held for an operator after a late drop.
+    paid_amount: int = 0
+    refund_owed: int = 0
+    refund_held: int = 0
 
 
 class MachineCreate(BaseModel):

@@ -47,8 +47,11 @@ def order_public(order: dict[str, Any]) -> OrderPublic:
         ],
         dispenses=[DispensePublic(command_id=d["id"], **d) for d in order["dispenses"]],
         refunds=[RefundPublic(**r) for r in order["refunds"]],
-        refund_pending=any(r["status"] in ("PENDING", "FAILED") for r in order["refunds"]),
+        refund_pending=order["refund_owed"] > 0,
         payment=PaymentInfo(**payment) if payment else None,
+        paid_amount=order["paid_amount"],
+        refund_owed=order["refund_owed"],
+        refund_held=order["refund_held"],
     )
 
 
