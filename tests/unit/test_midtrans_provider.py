@@ -157,6 +157,14 @@ async def test_refund_sends_key_amount_reason_and_reads_the_result() -> None:
     assert (got.amount, got.provider_ref) == (8000, "7")
 
 
+async def test_refund_of_a_second_transaction_names_that_transaction() -> None:
+    handler = answer({"status_code": "200", "refund_chargeback_id": 8})
+    request = RefundRequest("ORD-1", "extra-ORD-1-2", 8000, "extra", transaction_id="tx-2")
+    await provider(handler).refund(request)
+    [sent] = handler.seen  # type: ignore[attr-defined]
+    assert str(sent.url) == "https://api.test/v2/tx-2/refund"
+
+
 @pytest.mark.parametrize(
     ("status", "body", "retryable"),
     [

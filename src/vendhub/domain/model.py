@@ -148,7 +148,8 @@ REFUND_TRANSITIONS: dict[RefundStatus, frozenset[RefundStatus]] = {
         {RefundStatus.PENDING, RefundStatus.CANCELLED, RefundStatus.SUCCEEDED}
     ),
     RefundStatus.SUCCEEDED: frozenset(),
-    RefundStatus.CANCELLED: frozenset(),
+    # The gateway's word that money went back is a fact, whatever we had decided meanwhile.
+    RefundStatus.CANCELLED: frozenset({RefundStatus.SUCCEEDED}),
 }
 
 

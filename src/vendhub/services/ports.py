@@ -105,6 +105,9 @@ class RefundRequest:
     refund_key: str  # deterministic per owed refund: the gateway refunds a key at most once
     amount: int
     reason: str
+    # Set when the money to give back came with another transaction than the order's first
+    # (a second payment for one order): the gateway refunds that transaction.
+    transaction_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -231,6 +231,7 @@ async def execute_refund(
         refund_key=row["refund_key"],
         amount=row["amount"],
         reason=f"vendhub: {row['reason']}"[:255],
+        transaction_id=await _other_transaction(ctx, row),
     )
     try:
         result = await provider.refund(request)
@@ -246,6 +247,23 @@ async def execute_refund(
         row["amount"],
     )
     return True
+
+
+async def _other_transaction(ctx: ServiceContext, row: RowMapping) -> str | None:
+    """The transaction a payment-back refund returns, unless it is the order's first (then the
+    order id names it, as for every other refund)."""
+    if row["receipt_id"] is None:
+        return None
+    async with ctx.engine.connect() as conn:
+        receipts = await every(
+            conn,
+            sa.select(payment_receipts.c.id, payment_receipts.c.transaction_id)
+            .where(payment_receipts.c.order_id == row["order_id"])
+            .order_by(payment_receipts.c.received_at, payment_receipts.c.id),
+        )
+    if not receipts or receipts[0]["id"] == row["receipt_id"]:
+        return None
+    return next((str(r["transaction_id"]) for r in receipts if r["id"] == row["receipt_id"]), None)
 
 
 def _due(now: datetime) -> sa.ColumnElement[bool]:
@@ -346,7 +364,7 @@ async def mark_succeeded(
         raise NotFound(f"order {row['order_id']} not found")
     if row["status"] == SUCCEEDED:
         return False
-    # The gateway's word that money went back is a fact, whatever we had decided meanwhile.
+    check_refund_transition(RefundStatus(row["status"]), RefundStatus.SUCCEEDED)
     now = ctx.clock()
     changed = await conn.execute(
         sa.update(refunds)
@@ -453,22 +471,29 @@ async def _record_external(
 
 
 async def _cancel_covered(conn: AsyncConnection, order_id: str, now: datetime) -> None:
-    """Money refunded at the gateway covers refunds we still meant to pay: cancel those never
-    attempted (an attempted one may have happened; the gateway's cap guards it)."""
+    """Money refunded at the gateway covers refunds we still meant to pay. The notification
+    lists every refund of the transaction, so ours not listed did not happen: those are
+    cancelled (or cut down, or replaced by a smaller one under a new key) as far as covered."""
     money = await ledger(conn, order_id)
     excess = money.committed - max(0, money.paid - money.kept - money.in_play)
-    if excess <= 0:
-        return
     waiting = await every(
         conn,
         sa.select(refunds)
-        .where(refunds.c.order_id == order_id, refunds.c.status == PENDING, refunds.c.attempts == 0)
+        .where(refunds.c.order_id == order_id, refunds.c.status == PENDING)
         .order_by(refunds.c.id.desc()),
     )
     for row in waiting:
-        if row["amount"] > excess:
-            continue
-        excess -= int(row["amount"])
+        if excess <= 0:
+            return
+        amount = int(row["amount"])
+        if amount > excess and row["attempts"] == 0:
+            # Never sent: its key is unused at the gateway, so its amount may still change.
+            await conn.execute(
+                sa.update(refunds)
+                .where(refunds.c.id == row["id"], refunds.c.status == PENDING)
+                .values(amount=amount - excess, updated_at=now)
+            )
+            return
         await conn.execute(
             sa.update(refunds)
             .where(refunds.c.id == row["id"], refunds.c.status == PENDING)
@@ -482,6 +507,27 @@ async def _cancel_covered(conn: AsyncConnection, order_id: str, now: datetime) -
         log.info(
             "refund %s order=%s cancelled: covered at the gateway", row["refund_key"], order_id
         )
+        if amount > excess:
+            # Sent before under its key: the rest goes out under a new one.
+            n = await conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(refunds)
+                .where(refunds.c.order_id == order_id)
+            )
+            await conn.execute(
+                sa.insert(refunds).values(
+                    id=new_id(),
+                    order_id=order_id,
+                    refund_key=f"{str(row['refund_key'])[:50]}-rest-{n}",
+                    amount=amount - excess,
+                    status=PENDING,
+                    reason=row["reason"],
+                    created_at=now,
+                    updated_at=now,
+                    next_attempt_at=now,
+                )
+            )
+        excess -= amount
 
 
 async def confirm_by_keys(
