@@ -141,8 +141,11 @@ REFUND_TRANSITIONS: dict[RefundStatus, frozenset[RefundStatus]] = {
     RefundStatus.PENDING: frozenset(
         {RefundStatus.SUCCEEDED, RefundStatus.FAILED, RefundStatus.HELD, RefundStatus.CANCELLED}
     ),
-    # A refused refund may still be confirmed by the gateway, or held by a late drop.
-    RefundStatus.FAILED: frozenset({RefundStatus.SUCCEEDED, RefundStatus.HELD}),
+    # A refused refund may still be confirmed by the gateway, held by a late drop, or tried
+    # again by an operator (only while the ledger still owes its amount).
+    RefundStatus.FAILED: frozenset(
+        {RefundStatus.SUCCEEDED, RefundStatus.HELD, RefundStatus.PENDING}
+    ),
     # An attempt already in flight when the hold came may still succeed.
     RefundStatus.HELD: frozenset(
         {RefundStatus.PENDING, RefundStatus.CANCELLED, RefundStatus.SUCCEEDED}
