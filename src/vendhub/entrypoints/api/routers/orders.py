@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from vendhub.domain.model import OrderStatus
+from vendhub.domain.model import OrderStatus, RefundStatus
 from vendhub.entrypoints.api.deps import AdminUser, ContainerDep, CtxDep, CurrentUser
 from vendhub.entrypoints.api.schemas import (
     DispensePublic,
@@ -114,7 +114,7 @@ async def refund_order(order_id: str, container: ContainerDep, _: AdminUser) -> 
         container.ctx, container.payments, container.payment_policy, order_id
     )
     return {
-        "success": refund["status"] != "FAILED",
+        "success": refund["status"] != RefundStatus.FAILED.value,
         "order_id": order_id,
         "refund": RefundPublic(**refund),
     }
