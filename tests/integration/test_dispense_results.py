@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from tests.integration.helpers import (
     count,
@@ -129,18 +130,22 @@ async def test_failed_unit_fails_order_releases_stock_and_owes_one_refund(
 
 
 async def test_seed_style_result_without_command_id_matches_the_unit_in_flight(
-    stocked: ServiceContext,
+    stocked: ServiceContext, clock: Any
 ) -> None:
     ctx = stocked
     order_id = await paid_order(ctx)
     [command] = await commands(ctx)
+    clock.advance(2)  # the motor ran its 1500 ms
     assert await apply(ctx, orderId=order_id, slot=1) == "APPLIED"
     assert await order_status(ctx, order_id) == "COMPLETED"
     assert (await slot_row(ctx, 1))["current_stock"] == 4
     [ack] = await outbox_rows(ctx, "ack")
     assert ack["body"]["commandId"] == command["commandId"]
-    # Nothing is in flight any more, so a repeat matches nothing and changes nothing.
-    assert await apply(ctx, orderId=order_id, slot=1) == "UNKNOWN"
+    # The same report again is a duplicate: acknowledged again, nothing changes.
+    assert await apply(ctx, orderId=order_id, slot=1) == "DUPLICATE"
+    assert (await slot_row(ctx, 1))["current_stock"] == 4
+    # A different report with nothing in flight matches nothing.
+    assert await apply(ctx, orderId=order_id, slot=1, durationMs=1700) == "UNKNOWN"
     assert (await slot_row(ctx, 1))["current_stock"] == 4
 
 
@@ -258,7 +263,7 @@ async def test_second_order_on_the_same_machine_waits_for_the_first_result(
     assert await order_status(ctx, second_order) == "DISPENSING"
 
 
-async def test_result_arriving_after_give_up_is_recorded_and_alerted_not_applied(
+async def test_drop_reported_after_give_up_counts_as_sold_holds_the_refund_and_moves_stock(
     stocked: ServiceContext, clock: Any
 ) -> None:
     from vendhub.services import commands as command_service
@@ -268,10 +273,123 @@ async def test_result_arriving_after_give_up_is_recorded_and_alerted_not_applied
     [command] = await commands(ctx)
     clock.advance(ctx.tunables.command_ttl_s + 10)
     assert await command_service.give_up_due(ctx) == 1
-    assert await report(ctx, command) == "LATE"
-    assert await order_status(ctx, order_id) == "FAILED"
     assert (await slot_row(ctx, 1))["current_stock"] == 5
+    assert await report(ctx, command) == "LATE"
+    assert await order_status(ctx, order_id) == "COMPLETED"
+    slot = await slot_row(ctx, 1)
+    assert (slot["current_stock"], slot["reserved"]) == (4, 0)
     # The give-up itself was a failed vend; the late drop is the critical one.
     kinds = {e["event_type"]: e["severity"] for e in await rows(ctx, machine_events)}
     assert kinds == {"VEND_FAILED": "warning", "LATE_RESULT": "critical"}
-    assert await count(ctx, refunds) == 1
+    [alert] = [e for e in await rows(ctx, machine_events) if e["event_type"] == "LATE_RESULT"]
+    assert command["commandId"] in alert["message"] and "held" in alert["message"]
+    [refund] = await rows(ctx, refunds)
+    assert (refund["status"], refund["amount"]) == ("HELD", COCA_COLA)
+    # Told again, nothing moves twice.
+    assert await report(ctx, command) == "DUPLICATE"
+    assert (await slot_row(ctx, 1))["current_stock"] == 4
+    assert await count(ctx, stock_logs, stock_logs.c.change_type == "DISPENSE") == 1
+
+
+# --- conflicting results, copies without commandId, zero prices ----------------------------
+
+
+@pytest.mark.parametrize("first_dropped", [True, False], ids=["drop-then-jam", "jam-then-drop"])
+async def test_opposite_results_for_one_command_raise_a_critical_alert(
+    stocked: ServiceContext, first_dropped: bool
+) -> None:
+    ctx = stocked
+    order_id = await paid_order(ctx)
+    [command] = await commands(ctx)
+    assert await report(ctx, command, dropped=first_dropped, error="JAM") == "APPLIED"
+    before = await get_order(ctx, order_id)
+    assert await report(ctx, command, dropped=not first_dropped, error="JAM") == "CONFLICT"
+    [alert] = await rows(ctx, machine_events)
+    assert (alert["event_type"], alert["severity"], alert["machine_id"]) == (
+        "CONFLICTING_RESULT",
+        "critical",
+        "VM01",
+    )
+    assert command["commandId"] in alert["message"] and order_id in alert["message"]
+    assert alert["details"]["command_id"] == command["commandId"]
+    # The first result stands: nothing else moves.
+    after = await get_order(ctx, order_id)
+    assert (after["status"], after["refunds"]) == (before["status"], before["refunds"])
+    assert [u["status"] for u in after["dispenses"]] == [u["status"] for u in before["dispenses"]]
+    # A repeat of the first result is a plain duplicate.
+    assert await report(ctx, command, dropped=first_dropped, error="JAM") == "DUPLICATE"
+
+
+async def test_a_result_without_command_id_sooner_than_its_own_duration_is_a_copy(
+    stocked: ServiceContext, clock: Any
+) -> None:
+    ctx = stocked
+    order_id = await paid_order(ctx, quantity=2)
+    fields = {"orderId": order_id, "slot": 1}
+    clock.advance(2)
+    assert await apply(ctx, **fields, durationMs=1500) == "APPLIED"
+    # The second unit went out just now; a report of a 1500 ms run cannot be its own.
+    clock.advance(0.2)
+    assert await apply(ctx, **fields, durationMs=1499) == "COPY"
+    units = (await get_order(ctx, order_id))["dispenses"]
+    assert [u["status"] for u in units] == ["DROPPED", "IN_FLIGHT"]
+    assert (await slot_row(ctx, 1))["current_stock"] == 4
+    clock.advance(2)
+    assert await apply(ctx, **fields, durationMs=1480) == "APPLIED"
+    assert await order_status(ctx, order_id) == "COMPLETED"
+    assert (await slot_row(ctx, 1))["current_stock"] == 3
+
+
+async def zero_price(ctx: ServiceContext, machine_id: str = "VM01") -> None:
+    from vendhub.adapters.db.tables import slots
+
+    async with ctx.engine.begin() as conn:
+        await conn.execute(
+            sa.update(slots)
+            .where(slots.c.machine_id == machine_id, slots.c.slot_number == 1)
+            .values(price_override=0)
+        )
+
+
+async def test_a_failed_zero_price_unit_owes_no_refund_and_the_machine_goes_on(
+    stocked: ServiceContext,
+) -> None:
+    ctx = stocked
+    await zero_price(ctx)
+    free = await order(ctx, slot=1)
+    paid = await order(ctx, slot=2)
+    assert await pay(ctx, free, 0) == "paid"
+    assert await pay(ctx, paid, AQUA) == "paid"
+    [first] = await commands(ctx)
+    assert await report(ctx, first, dropped=False, error="JAM") == "APPLIED"
+    assert await order_status(ctx, free) == "FAILED"
+    assert await count(ctx, refunds) == 0
+    _, second = await commands(ctx)
+    assert second["orderId"] == paid
+    assert (await slot_row(ctx, 1))["reserved"] == 0
+
+
+async def test_a_zero_price_unit_given_up_does_not_stop_the_timer_pass_for_other_machines(
+    stocked: ServiceContext, clock: Any
+) -> None:
+    from tests.integration.helpers import quick_shop
+    from vendhub.metrics import Metrics
+    from vendhub.workers import timers
+
+    ctx = stocked
+    await quick_shop(ctx, stock=5, machine_id="VM02")
+    await zero_price(ctx)
+    free = await order(ctx, slot=1)
+    assert await pay(ctx, free, 0) == "paid"
+    clock.advance(1)
+    other = await checkout(
+        ctx, sandbox(), "VM02", [OrderLine(slot_number=1)], customer_phone=None, payment_method=None
+    )
+    assert await pay(ctx, other, COCA_COLA) == "paid"
+    clock.advance(ctx.tunables.command_ttl_s + 30)
+    await timers.tick(ctx, Metrics())
+    assert await order_status(ctx, free) == "FAILED"
+    assert await order_status(ctx, other) == "FAILED"
+    [refund] = await rows(ctx, refunds)
+    assert (refund["order_id"], refund["amount"]) == (other, COCA_COLA)
+    assert await count(ctx, dispenses, dispenses.c.status == "IN_FLIGHT") == 0

@@ -425,3 +425,56 @@ async def test_finance_summary_numbers_are_exact(gw: Gateway) -> None:
     assert {done["order_id"], failed["order_id"], pending["order_id"]} <= {
         r["id"] for r in await rows(gw.ctx, orders)
     }
+
+
+# --- the ledger after refusals -------------------------------------------------------------
+
+
+async def refused_until_failed(gw: Gateway) -> str:
+    created = await gw.paid_and_delivered()
+    await fail_first_unit(gw)
+    gw.standin.fail("refund", "412", "412", "412")
+    for _ in range(POLICY.refund_max_attempts):
+        await gw.refund_all()
+        gw.clock.advance(POLICY.backoff_max_s)
+    [refund] = await rows(gw.ctx, refunds)
+    assert refund["status"] == "FAILED"
+    return str(created["order_id"])
+
+
+async def test_a_failed_refund_paid_by_a_manual_retry_is_no_longer_owed(gw: Gateway) -> None:
+    order_id = await refused_until_failed(gw)
+    view = await gw.view(order_id)
+    assert view["refund_pending"] and view["refund_owed"] == COCA_COLA
+    books = await gw.client.get("/api/finance/summary", headers=gw.admin)
+    assert books.json()["refund_pending"] == COCA_COLA
+    response = await gw.client.post(f"/api/orders/{order_id}/refund", headers=gw.admin)
+    assert response.json()["refund"]["status"] == "SUCCEEDED"
+    view = await gw.view(order_id)
+    assert not view["refund_pending"] and view["refund_owed"] == 0
+    assert (view["status"], view["refunded_amount"]) == ("REFUNDED", COCA_COLA)
+    books = (await gw.client.get("/api/finance/summary", headers=gw.admin)).json()
+    assert (books["refunded"], books["refund_pending"], books["net"]) == (COCA_COLA, 0, 0)
+
+
+async def test_a_refused_manual_refund_can_be_retried_under_a_new_key(gw: Gateway) -> None:
+    order_id = await refused_until_failed(gw)
+    url = f"/api/orders/{order_id}/refund"
+    gw.standin.fail("refund", "412")
+    refused = (await gw.client.post(url, headers=gw.admin)).json()
+    assert refused["success"] is True and refused["refund"]["status"] == "PENDING"
+    # Refused until it gives up, like any refund.
+    gw.standin.fail("refund", "412", "412")
+    for _ in range(2):
+        gw.clock.advance(POLICY.backoff_max_s)
+        await gw.refund_all()
+    [manual] = await rows(gw.ctx, refunds, refunds.c.reason == "MANUAL")
+    assert (manual["refund_key"], manual["status"]) == (f"manual-{order_id}", "FAILED")
+    retried = (await gw.client.post(url, headers=gw.admin)).json()
+    assert retried["refund"]["refund_key"] == f"manual-{order_id}-2"
+    assert retried["refund"]["status"] == "SUCCEEDED"
+    again = (await gw.client.post(url, headers=gw.admin)).json()
+    assert again["refund"]["id"] == retried["refund"]["id"]
+    assert gw.standin.refund_effects == [(order_id, f"manual-{order_id}-2", COCA_COLA)]
+    view = await gw.view(order_id)
+    assert (view["refunded_amount"], view["refund_owed"]) == (COCA_COLA, 0)

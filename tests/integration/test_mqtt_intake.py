@@ -360,3 +360,50 @@ async def test_a_paid_order_is_dispensed_acked_and_a_duplicate_result_changes_st
             for o in ("APPLIED", "DUPLICATE")
         }
         assert outcomes == {"APPLIED": 1.0, "DUPLICATE": 1.0}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_redelivered_result_without_command_id_does_not_settle_the_next_unit(
+    engine: AsyncEngine, database_urls: dict[str, str], backend: str
+) -> None:
+    prefix = unique("t")
+    async with running(database_urls[backend], prefix) as container, device(prefix) as dev:
+        ctx = container.ctx
+        order_id = await order(ctx, slot=1, quantity=2)
+        assert await pay(ctx, order_id, 16000) == "paid"
+        first = await dev.next_command("dispense")
+        # A seed-era device: no commandId in its results.
+        seed_result = {
+            "orderId": order_id,
+            "slot": 1,
+            "success": True,
+            "dropDetected": True,
+            "durationMs": 50,
+        }
+        await asyncio.sleep(0.06)  # the motor runs before the device can answer
+        await dev.publish("dispense_result", seed_result)
+        second = await dev.next_command("dispense")
+        assert second["commandId"] != first["commandId"]
+        # The broker delivers the first result again once the second unit is in flight.
+        await dev.publish("dispense_result", seed_result)
+
+        async def duplicates() -> bool:
+            value = container.metrics.registry.get_sample_value(
+                "vendhub_dispense_results_total", {"outcome": "DUPLICATE"}
+            )
+            return value == 1.0
+
+        await eventually(duplicates)
+        view = await get_order(ctx, order_id)
+        assert [u["status"] for u in view["dispenses"]] == ["DROPPED", "IN_FLIGHT"]
+        assert view["status"] == "DISPENSING"
+        assert (await slot_row(ctx, 1))["current_stock"] == 7
+        # The second unit's own result, a real motor run later, still applies.
+        await asyncio.sleep(0.06)
+        await dev.publish("dispense_result", {**seed_result, "durationMs": 40})
+
+        async def completed() -> bool:
+            return (await get_order(ctx, order_id))["status"] == "COMPLETED"
+
+        await eventually(completed)
+        assert (await slot_row(ctx, 1))["current_stock"] == 6

@@ -160,13 +160,15 @@ async def test_concurrent_duplicate_settlements_pay_once(ctx: ServiceContext, pl
     assert await count(ctx, payment_notifications) == 1
 
 
-async def test_second_settlement_with_another_transaction_id_is_already_paid(
+async def test_second_settlement_with_another_transaction_id_is_owed_back(
     ctx: ServiceContext, placed: str
 ) -> None:
     assert await receive(ctx, note(placed, "settlement")) == "paid"
     again = note(placed, "settlement", transaction_id="tx-other")
-    assert await receive(ctx, again) == "already_paid"
+    assert await receive(ctx, again) == "extra_payment"
     assert len(await outbox_rows(ctx, "dispense")) == 1
+    [refund] = await rows(ctx, refunds, refunds.c.order_id == placed)
+    assert (refund["reason"], refund["amount"]) == ("EXTRA_PAYMENT", COCA_COLA)
 
 
 async def test_pending_after_settlement_does_not_unpay_the_order(

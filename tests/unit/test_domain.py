@@ -148,3 +148,44 @@ def test_only_closed_unpaid_orders_can_be_revived_by_a_late_payment() -> None:
     for status in (OrderStatus.COMPLETED, OrderStatus.FAILED, OrderStatus.REFUNDED):
         with pytest.raises(IllegalTransition):
             check_late_payment_revival(status)
+
+
+def test_refund_ledger_statuses_move_only_along_their_table() -> None:
+    from vendhub.domain.model import REFUND_TRANSITIONS, RefundStatus, check_refund_transition
+
+    check_refund_transition(RefundStatus.PENDING, RefundStatus.HELD)
+    check_refund_transition(RefundStatus.HELD, RefundStatus.PENDING)
+    check_refund_transition(RefundStatus.HELD, RefundStatus.CANCELLED)
+    assert REFUND_TRANSITIONS[RefundStatus.SUCCEEDED] == frozenset()
+    for current, new in [
+        (RefundStatus.SUCCEEDED, RefundStatus.PENDING),
+        (RefundStatus.CANCELLED, RefundStatus.PENDING),
+        (RefundStatus.PENDING, RefundStatus.PENDING),
+    ]:
+        with pytest.raises(IllegalTransition):
+            check_refund_transition(current, new)
+
+
+def test_only_a_failed_unit_can_be_corrected_by_a_late_drop() -> None:
+    from vendhub.domain.model import check_late_drop
+
+    assert check_late_drop(UnitStatus.FAILED) is UnitStatus.DROPPED
+    for status in (UnitStatus.QUEUED, UnitStatus.IN_FLIGHT, UnitStatus.DROPPED):
+        with pytest.raises(IllegalTransition):
+            check_late_drop(status)
+
+
+@given(
+    paid=st.integers(0, 10**9),
+    kept=st.integers(0, 10**9),
+    in_play=st.integers(0, 10**9),
+    refunded=st.integers(0, 10**9),
+)
+def test_refund_owed_is_what_was_paid_and_neither_kept_in_play_nor_returned(
+    paid: int, kept: int, in_play: int, refunded: int
+) -> None:
+    from vendhub.domain.model import refund_owed
+
+    owed = refund_owed(paid, kept, in_play, refunded)
+    assert owed >= 0
+    assert owed == 0 or owed + kept + in_play + refunded == paid

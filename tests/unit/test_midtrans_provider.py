@@ -157,6 +157,14 @@ async def test_refund_sends_key_amount_reason_and_reads_the_result() -> None:
     assert (got.amount, got.provider_ref) == (8000, "7")
 
 
+async def test_refund_of_a_second_transaction_names_that_transaction() -> None:
+    handler = answer({"status_code": "200", "refund_chargeback_id": 8})
+    request = RefundRequest("ORD-1", "extra-ORD-1-2", 8000, "extra", transaction_id="tx-2")
+    await provider(handler).refund(request)
+    [sent] = handler.seen  # type: ignore[attr-defined]
+    assert str(sent.url) == "https://api.test/v2/tx-2/refund"
+
+
 @pytest.mark.parametrize(
     ("status", "body", "retryable"),
     [
@@ -222,3 +230,27 @@ def test_partial_refund_notifications_are_distinct_events() -> None:
 def test_refund_backoff_doubles_and_is_capped() -> None:
     policy = PaymentPolicy(backoff_base_s=30, backoff_max_s=300)
     assert [policy.backoff(n) for n in range(1, 7)] == [30, 60, 120, 240, 300, 300]
+
+
+def test_a_challenged_capture_and_its_approval_are_distinct_events() -> None:
+    challenged = midtrans_notification.build("ORD-1", 8000, "capture", KEY, transaction_id="tx")
+    challenged["fraud_status"] = "challenge"
+    accepted = midtrans_notification.build("ORD-1", 8000, "capture", KEY, transaction_id="tx")
+    a = midtrans_notification.verify(json.dumps(challenged).encode(), KEY)
+    b = midtrans_notification.verify(json.dumps(accepted).encode(), KEY)
+    assert a.dedup_id != b.dedup_id and a.transaction_id == b.transaction_id == "tx"
+    long = midtrans_notification.build("ORD-1", 8000, "capture", KEY, transaction_id="t" * 64)
+    assert len(midtrans_notification.verify(json.dumps(long).encode(), KEY).dedup_id) <= 64
+
+
+def test_every_listed_refund_is_read_with_its_key_gateway_id_and_amount() -> None:
+    refunds = [
+        {"refund_amount": "5000.00", "refund_key": "refund-a", "refund_chargeback_id": 1},
+        {"refund_amount": "3000.00", "refund_chargeback_id": 2},  # made in the dashboard
+    ]
+    body = midtrans_notification.build(
+        "ORD-1", 8000, "refund", KEY, transaction_id="tx", refunds=refunds
+    )
+    note = midtrans_notification.verify(json.dumps(body).encode(), KEY)
+    assert note.refund_items == (("refund-a", "1", 5000), (None, "2", 3000))
+    assert (note.refund_amount, note.refund_keys) == (8000, ("refund-a",))

@@ -109,3 +109,59 @@ def order_outcome(unit_statuses: list[UnitStatus]) -> OrderStatus | None:
     if all(s is UnitStatus.DROPPED for s in unit_statuses):
         return OrderStatus.COMPLETED
     return OrderStatus.FAILED
+
+
+# A "dropped" result for a unit we had given up on: the machine's sensor saw it fall, so the
+# unit counts as sold after all (its refund is held for an operator). Kept out of
+# UNIT_TRANSITIONS so no other path can turn a failed unit into a sale.
+LATE_DROP_CORRECTION: dict[UnitStatus, UnitStatus] = {UnitStatus.FAILED: UnitStatus.DROPPED}
+# ... and an order that failed only because of that unit completed after all.
+LATE_DROP_ORDER_CORRECTION: dict[OrderStatus, OrderStatus] = {
+    OrderStatus.FAILED: OrderStatus.COMPLETED
+}
+
+
+def check_late_drop(current: UnitStatus) -> UnitStatus:
+    if current not in LATE_DROP_CORRECTION:
+        raise IllegalTransition(f"a late drop cannot correct a unit that is {current}")
+    return LATE_DROP_CORRECTION[current]
+
+
+class RefundStatus(StrEnum):
+    """One row of the refund ledger (`refunds`)."""
+
+    PENDING = "PENDING"  # owed; the payment jobs pay it out
+    SUCCEEDED = "SUCCEEDED"  # the money went back (ours, or made at the gateway)
+    FAILED = "FAILED"  # refused REFUND_MAX_ATTEMPTS times; a human pays it (manual refund)
+    HELD = "HELD"  # the machine reported the unit dropped after all; an operator decides
+    CANCELLED = "CANCELLED"  # not owed after all (operator, or paid another way)
+
+
+REFUND_TRANSITIONS: dict[RefundStatus, frozenset[RefundStatus]] = {
+    RefundStatus.PENDING: frozenset(
+        {RefundStatus.SUCCEEDED, RefundStatus.FAILED, RefundStatus.HELD, RefundStatus.CANCELLED}
+    ),
+    # A refused refund may still be confirmed by the gateway, held by a late drop, or tried
+    # again by an operator (only while the ledger still owes its amount).
+    RefundStatus.FAILED: frozenset(
+        {RefundStatus.SUCCEEDED, RefundStatus.HELD, RefundStatus.PENDING}
+    ),
+    # An attempt already in flight when the hold came may still succeed.
+    RefundStatus.HELD: frozenset(
+        {RefundStatus.PENDING, RefundStatus.CANCELLED, RefundStatus.SUCCEEDED}
+    ),
+    RefundStatus.SUCCEEDED: frozenset(),
+    # The gateway's word that money went back is a fact, whatever we had decided meanwhile.
+    RefundStatus.CANCELLED: frozenset({RefundStatus.SUCCEEDED}),
+}
+
+
+def check_refund_transition(current: RefundStatus, new: RefundStatus) -> None:
+    if new not in REFUND_TRANSITIONS[current]:
+        raise IllegalTransition(f"refund cannot go from {current} to {new}")
+
+
+def refund_owed(paid: int, kept: int, in_play: int, refunded: int) -> int:
+    """What the customer is still owed: paid, less what dropped (kept), what may still drop
+    (in play) and what already went back. Never negative: over-refunding owes nothing."""
+    return max(0, paid - kept - in_play - refunded)

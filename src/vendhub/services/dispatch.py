@@ -9,10 +9,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vendhub.adapters.db.tables import dispenses, machines, order_items, orders, refunds, slots
+from vendhub.adapters.db.tables import dispenses, machines, order_items, orders, slots
 from vendhub.domain.model import (
+    LATE_DROP_ORDER_CORRECTION,
     OrderStatus,
     UnitStatus,
+    check_late_drop,
     check_late_payment_revival,
     check_order_transition,
     check_unit_transition,
@@ -20,7 +22,7 @@ from vendhub.domain.model import (
 )
 from vendhub.domain.money import rupiah
 from vendhub.protocol.messages import DispenseCommand
-from vendhub.services import alerts, stock
+from vendhub.services import alerts, refunds, stock
 from vendhub.services.context import ServiceContext
 from vendhub.services.errors import Conflict, NotFound
 from vendhub.services.ids import new_id
@@ -163,7 +165,10 @@ async def dispatch_next(ctx: ServiceContext, conn: AsyncConnection, machine_id: 
         sa.update(dispenses)
         .where(dispenses.c.id == unit["id"])
         .values(
-            status=UnitStatus.IN_FLIGHT.value, inflight_machine=machine_id, expires_at=expires_at
+            status=UnitStatus.IN_FLIGHT.value,
+            inflight_machine=machine_id,
+            expires_at=expires_at,
+            dispatched_at=now,
         )
     )
     command = DispenseCommand(
@@ -224,7 +229,7 @@ async def settle_unit(
             dispense_id=unit["id"],
             reason=f"unit of order {unit['order_id']} failed ({error or 'unknown'})",
         )
-        await _owe_refund(conn, unit, error or "FAILED", now)
+        await refunds.owe_unit_refund(conn, unit, error or "FAILED", now)
         await alerts.record(
             conn,
             machine_id=unit["machine_id"],
@@ -237,24 +242,6 @@ async def settle_unit(
         )
     await _settle_order(conn, unit["order_id"], now)
     await dispatch_next(ctx, conn, unit["machine_id"])
-
-
-async def _owe_refund(conn: AsyncConnection, unit: RowMapping, reason: str, now: datetime) -> None:
-    # refund_key is deterministic per unit so no retry anywhere can refund it twice.
-    await conn.execute(
-        sa.insert(refunds).values(
-            id=new_id(),
-            order_id=unit["order_id"],
-            dispense_id=unit["id"],
-            refund_key=f"refund-{unit['id']}",
-            amount=unit["unit_price"],
-            status="PENDING",
-            reason=reason[:64],
-            created_at=now,
-            updated_at=now,
-            next_attempt_at=now,
-        )
-    )
 
 
 async def _settle_order(conn: AsyncConnection, order_id: str, now: datetime) -> None:
@@ -277,6 +264,55 @@ async def _settle_order(conn: AsyncConnection, order_id: str, now: datetime) -> 
         current = await move_order(conn, order_id, current, OrderStatus.DISPENSING, now)
     extra = {"dispensed_at": now} if outcome is OrderStatus.COMPLETED else {}
     await move_order(conn, order_id, current, outcome, now, **extra)
+
+
+async def correct_late_drop(
+    ctx: ServiceContext,
+    conn: AsyncConnection,
+    unit: RowMapping,
+    *,
+    drop_detected: bool,
+    duration_ms: int | None,
+) -> tuple[str | None, bool]:
+    """A given-up unit reported dropped: it counts as sold, stock follows, its refund (if not
+    yet paid) is held for an operator. Returns the refund's status and whether stock moved."""
+    now = ctx.clock()
+    new = check_late_drop(UnitStatus(unit["status"]))
+    changed = await conn.execute(
+        sa.update(dispenses)
+        .where(dispenses.c.id == unit["id"], dispenses.c.status == unit["status"])
+        .values(
+            status=new.value,
+            success=True,
+            drop_detected=drop_detected,
+            duration_ms=duration_ms,
+            error_message=f"dropped after {unit['error_message'] or 'give-up'}"[:200],
+        )
+    )
+    if changed.rowcount != 1:
+        raise RuntimeError(f"dispense {unit['id']} changed under a lock")
+    stocked = await stock.consume_late_unit(
+        conn, unit["slot_id"], now, order_id=unit["order_id"], dispense_id=unit["id"]
+    )
+    refund_status = await refunds.hold_unit_refund(conn, unit["id"], now)
+    order = await lock_order(conn, unit["order_id"])
+    if order is None:
+        raise RuntimeError(f"order {unit['order_id']} vanished")
+    current = OrderStatus(order["status"])
+    statuses = await conn.scalars(
+        sa.select(dispenses.c.status).where(dispenses.c.order_id == unit["order_id"])
+    )
+    outcome = order_outcome([UnitStatus(s) for s in statuses.all()])
+    if current in LATE_DROP_ORDER_CORRECTION and outcome is OrderStatus.COMPLETED:
+        await conn.execute(
+            sa.update(orders)
+            .where(orders.c.id == order["id"], orders.c.status == current.value)
+            .values(
+                status=LATE_DROP_ORDER_CORRECTION[current].value, updated_at=now, dispensed_at=now
+            )
+        )
+        log.info("order %s %s → COMPLETED (late drop)", order["id"], current.value)
+    return refund_status, stocked
 
 
 async def trigger(ctx: ServiceContext, order_id: str) -> str:

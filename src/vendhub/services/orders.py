@@ -23,6 +23,7 @@ from vendhub.adapters.db.tables import (
 )
 from vendhub.domain.model import OrderStatus
 from vendhub.domain.payments import PaymentStatus
+from vendhub.services import refunds as refunds_service
 from vendhub.services import stock
 from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import lock_order, set_order_status
@@ -175,8 +176,13 @@ async def get_order(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
             conn, sa.select(refunds).where(refunds.c.order_id == order_id).order_by(refunds.c.id)
         )
         payment = await first(conn, sa.select(payments).where(payments.c.order_id == order_id))
+        money = await refunds_service.ledger(conn, order_id)
     return {
         **order,
+        "refunded_amount": money.refunded,
+        "paid_amount": money.paid,
+        "refund_owed": money.owed,
+        "refund_held": money.held,
         "items": [dict(i) for i in items],
         "dispenses": [dict(u) for u in units],
         "refunds": [dict(r) for r in owed],

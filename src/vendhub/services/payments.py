@@ -12,7 +12,12 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vendhub.adapters.db.tables import order_items, payment_notifications, payments, refunds
+from vendhub.adapters.db.tables import (
+    order_items,
+    payment_notifications,
+    payment_receipts,
+    payments,
+)
 from vendhub.domain.model import OrderStatus, OutOfStock
 from vendhub.domain.payments import PaymentStatus
 from vendhub.services import refunds as refunds_service
@@ -23,6 +28,7 @@ from vendhub.services.errors import InvalidRequest, NotFound
 from vendhub.services.ids import new_id
 from vendhub.services.orders import close_unpaid
 from vendhub.services.ports import Notification, PaymentProvider
+from vendhub.services.rows import first
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,7 @@ class Outcome(StrEnum):
     RECORDED = "recorded"
     DUPLICATE = "duplicate"
     REFUND_CONFIRMED = "refund_confirmed"
+    EXTRA_PAYMENT = "extra_payment"  # another transaction paid an already-paid order
 
 
 async def receive_notification(
@@ -115,15 +122,26 @@ async def _apply(
 ) -> Outcome:
     status = OrderStatus(order["status"])
     if note.status is PaymentStatus.PAID:
+        receipt = await _record_receipt(ctx, conn, order, note)
+        if receipt is None:
+            # This transaction's money is already in the ledger (capture then settlement,
+            # webhook then status): whatever it led to, it must not lead to it twice.
+            return Outcome.ALREADY_PAID
         if status is OrderStatus.PENDING:
             await _mark_paid(ctx, conn, order, note)
             return Outcome.PAID
         closed = status in (OrderStatus.EXPIRED, OrderStatus.CANCELLED)
         if closed and await _dispense_late_payment(ctx, conn, order, note):
             return Outcome.LATE_PAYMENT_DISPENSED
-        if closed and await _owe_late_payment_refund(ctx, conn, order, note):
-            return Outcome.LATE_PAYMENT
-        return Outcome.ALREADY_PAID
+        now = ctx.clock()
+        if closed:
+            log.warning("late payment order=%s status=%s: refund owed", order["id"], status)
+            # The money is in: the payment row shows it paid (the order stays closed).
+            await _record_payment(conn, order["id"], note, now)
+        else:
+            log.warning("extra payment order=%s transaction=%s", order["id"], note.transaction_id)
+        await refunds_service.owe_payment_back(conn, order["id"], receipt, late=closed, now=now)
+        return Outcome.LATE_PAYMENT if closed else Outcome.EXTRA_PAYMENT
     if note.status in (PaymentStatus.FAILED, PaymentStatus.EXPIRED):
         new = OrderStatus.EXPIRED if note.status is PaymentStatus.EXPIRED else OrderStatus.CANCELLED
         closed = await close_unpaid(ctx, conn, order["id"], new)
@@ -140,12 +158,39 @@ async def _apply(
         )
         return Outcome.PENDING
     if note.status is PaymentStatus.REFUNDED:
-        # Usually the echo of a refund we made; it also settles one whose answer we lost.
-        confirmed = await refunds_service.confirm_by_keys(
-            ctx, conn, order["id"], note.refund_keys, note.transaction_id
-        )
-        return Outcome.REFUND_CONFIRMED if confirmed else Outcome.RECORDED
+        # Usually the echo of a refund we made; it also settles one whose answer we lost,
+        # and books one made at the gateway (dashboard) that we never asked for.
+        changed = await refunds_service.record_gateway_refunds(ctx, conn, order, note)
+        return Outcome.REFUND_CONFIRMED if changed else Outcome.RECORDED
     return Outcome.RECORDED
+
+
+async def _record_receipt(
+    ctx: ServiceContext, conn: AsyncConnection, order: RowMapping, note: Notification
+) -> RowMapping | None:
+    """The ledger row of a gateway payment; None if this transaction is already booked."""
+    exists = await conn.scalar(
+        sa.select(payment_receipts.c.id).where(
+            payment_receipts.c.order_id == order["id"],
+            payment_receipts.c.transaction_id == note.transaction_id[:64],
+        )
+    )
+    if exists is not None:
+        return None
+    receipt = {
+        "id": new_id(),
+        "order_id": order["id"],
+        "transaction_id": note.transaction_id[:64],
+        "transaction_status": note.transaction_status[:32],
+        "amount": int(order["total_amount"]),
+        "payment_type": (note.payment_type or None) and note.payment_type[:32],
+        "source": note.source,
+        "received_at": ctx.clock(),
+    }
+    await conn.execute(sa.insert(payment_receipts).values(**receipt))
+    return await first(
+        conn, sa.select(payment_receipts).where(payment_receipts.c.id == receipt["id"])
+    )
 
 
 async def _mark_paid(
@@ -160,13 +205,13 @@ async def _mark_paid(
 async def _record_payment(
     conn: AsyncConnection, order_id: str, note: Notification, now: datetime
 ) -> None:
-    """The money is in: the payment row shows it, whatever becomes of the order."""
+    """The order's payment (checkout) row shows it paid; the ledger is payment_receipts."""
     await conn.execute(
         sa.update(payments)
-        .where(payments.c.order_id == order_id)
+        .where(payments.c.order_id == order_id, payments.c.paid_at.is_(None))
         .values(
             status=PaymentStatus.PAID.value,
-            transaction_id=note.transaction_id,
+            transaction_id=note.transaction_id[:64],
             payment_type=note.payment_type,
             paid_at=now,
             updated_at=now,
@@ -203,32 +248,4 @@ async def _dispense_late_payment(
     )
     await _record_payment(conn, order["id"], note, now)
     await create_units(ctx, conn, order["id"], order["machine_id"])
-    return True
-
-
-async def _owe_late_payment_refund(
-    ctx: ServiceContext, conn: AsyncConnection, order: RowMapping, note: Notification
-) -> bool:
-    """Money arrived for an order we already closed: never lose it, owe it back (once)."""
-    key = f"late-{order['id']}"
-    if await conn.scalar(sa.select(refunds.c.id).where(refunds.c.refund_key == key)):
-        return False  # the same payment told again by another route (webhook vs status)
-    now = ctx.clock()
-    log.warning("late payment order=%s status=%s: refund owed", order["id"], order["status"])
-    # The money is in: the ledger shows it paid (the order stays closed) and owed back.
-    await _record_payment(conn, order["id"], note, now)
-    await conn.execute(
-        sa.insert(refunds).values(
-            id=new_id(),
-            order_id=order["id"],
-            dispense_id=None,
-            refund_key=key,
-            amount=order["total_amount"],
-            status="PENDING",
-            reason="LATE_PAYMENT",
-            created_at=now,
-            updated_at=now,
-            next_attempt_at=now,
-        )
-    )
     return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +43,8 @@ class Notification:
     # Refund notifications: the cumulative amount refunded and the refund_keys they confirm.
     refund_amount: int | None = None
     refund_keys: tuple[str, ...] = ()
+    # Every refund listed so far: (refund_key or None, the gateway's id or None, amount).
+    refund_items: tuple[tuple[str | None, str | None, int], ...] = ()
     source: str = "webhook"  # or "status" (reconciliation asked the gateway)
 
     @property
@@ -52,8 +55,18 @@ class Notification:
         only by the cumulative refunded amount.
         """
         if self.refund_amount is not None:
-            return f"{self.transaction_id}#refund-{self.refund_amount}"
+            return _fit(f"{self.transaction_id}#refund-{self.refund_amount}")
+        if self.transaction_status == "capture" and self.fraud_status:
+            # A challenged capture and its later approval are two events of one transaction.
+            return _fit(f"{self.transaction_id}#fraud-{self.fraud_status}")
         return self.transaction_id
+
+
+def _fit(dedup_id: str) -> str:
+    """The dedup column holds 64 characters; a longer id is replaced by its digest."""
+    if len(dedup_id) <= 64:
+        return dedup_id
+    return "sha256:" + hashlib.sha256(dedup_id.encode()).hexdigest()[:57]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +105,9 @@ class RefundRequest:
     refund_key: str  # deterministic per owed refund: the gateway refunds a key at most once
     amount: int
     reason: str
+    # Set when the money to give back came with another transaction than the order's first
+    # (a second payment for one order): the gateway refunds that transaction.
+    transaction_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vendhub.adapters.db.tables import dispense_results, dispenses, machine_events
-from vendhub.domain.model import UnitStatus
+from vendhub.adapters.db.tables import dispense_results, dispenses, machine_events, refunds
+from vendhub.domain.model import RefundStatus, UnitStatus
 from vendhub.protocol.messages import AckCommand, DispenseResult
 from vendhub.services.context import ServiceContext
-from vendhub.services.dispatch import settle_unit
+from vendhub.services.dispatch import correct_late_drop, settle_unit
 from vendhub.services.outbox import enqueue
+from vendhub.services.rows import first
 
 log = logging.getLogger(__name__)
 
@@ -22,16 +25,24 @@ log = logging.getLogger(__name__)
 class ResultOutcome(StrEnum):
     APPLIED = "APPLIED"
     DUPLICATE = "DUPLICATE"
-    LATE = "LATE"  # arrived after we gave up on the command
+    LATE = "LATE"  # a drop reported after we gave up on the command: sold, refund held
     UNKNOWN = "UNKNOWN"  # no such command on this machine
+    CONFLICT = "CONFLICT"  # the opposite of the result already applied for this command
+    COPY = "COPY"  # commandId-less, and too soon after the command to be its own result
 
 
 async def apply_result(
     ctx: ServiceContext, machine_id: str, result: DispenseResult, raw: str
 ) -> ResultOutcome:
+    fingerprint = _fingerprint(result)
     async with ctx.engine.begin() as conn:
-        unit = await _find_unit(conn, machine_id, result)
-        outcome = await _apply(ctx, conn, machine_id, unit, result)
+        if result.command_id:
+            unit = await _by_command(conn, machine_id, result.command_id)
+            outcome = await _apply(ctx, conn, machine_id, unit, result)
+        else:
+            unit, outcome = await _apply_without_command_id(
+                ctx, conn, machine_id, result, fingerprint
+            )
         await conn.execute(
             sa.insert(dispense_results).values(
                 machine_id=machine_id,
@@ -41,9 +52,11 @@ async def apply_result(
                 outcome=outcome.value,
                 payload=raw,
                 received_at=ctx.clock(),
+                dispense_id=unit["id"] if unit is not None else None,
+                fingerprint=fingerprint,
             )
         )
-        if unit is not None and outcome is not ResultOutcome.UNKNOWN:
+        if unit is not None and outcome not in (ResultOutcome.UNKNOWN, ResultOutcome.COPY):
             # Acknowledged only once the outcome is committed (this transaction).
             await enqueue(
                 conn,
@@ -63,20 +76,77 @@ async def apply_result(
     return outcome
 
 
-async def _find_unit(
-    conn: AsyncConnection, machine_id: str, result: DispenseResult
-) -> RowMapping | None:
-    stmt = sa.select(dispenses).where(dispenses.c.machine_id == machine_id)
-    if result.command_id:
-        stmt = stmt.where(dispenses.c.id == result.command_id)
-    else:
-        # A device built to the seed sends no commandId: match the unit in flight.
-        stmt = stmt.where(
+def _fingerprint(result: DispenseResult) -> str:
+    """What a result says, whatever its bytes: equal fingerprints are the same report."""
+    return (
+        f"{int(result.success)}|{int(result.drop_detected)}|{result.duration_ms}|{result.error}"
+    )[:120]
+
+
+async def _by_command(conn: AsyncConnection, machine_id: str, command_id: str) -> RowMapping | None:
+    stmt = sa.select(dispenses).where(
+        dispenses.c.machine_id == machine_id, dispenses.c.id == command_id
+    )
+    return await first(conn, stmt.with_for_update(key_share=True))
+
+
+async def _apply_without_command_id(
+    ctx: ServiceContext,
+    conn: AsyncConnection,
+    machine_id: str,
+    result: DispenseResult,
+    fingerprint: str,
+) -> tuple[RowMapping | None, ResultOutcome]:
+    """A seed-era device names no commandId: the result is matched to the unit in flight for
+    (machine, orderId, slot), but only when it cannot be a copy of an earlier result."""
+    last = await first(
+        conn,
+        sa.select(dispense_results.c.dispense_id, dispense_results.c.fingerprint)
+        .where(
+            dispense_results.c.machine_id == machine_id,
+            dispense_results.c.order_id == result.order_id,
+            dispense_results.c.slot_number == result.slot,
+            dispense_results.c.command_id.is_(None),
+            dispense_results.c.outcome == ResultOutcome.APPLIED.value,
+        )
+        .order_by(dispense_results.c.id.desc())
+        .limit(1),
+    )
+    if last is not None and last["fingerprint"] == fingerprint and last["dispense_id"]:
+        # The same report again (QoS 1 redelivery, a re-publish): it was applied already.
+        return await _by_command(conn, machine_id, last["dispense_id"]), ResultOutcome.DUPLICATE
+    unit = await first(
+        conn,
+        sa.select(dispenses)
+        .where(
+            dispenses.c.machine_id == machine_id,
             dispenses.c.order_id == result.order_id,
             dispenses.c.slot_number == result.slot,
             dispenses.c.status == UnitStatus.IN_FLIGHT.value,
         )
-    return (await conn.execute(stmt.with_for_update(key_share=True))).mappings().first()
+        .order_by(dispenses.c.id)
+        .limit(1)
+        .with_for_update(key_share=True),
+    )
+    if unit is not None and _too_soon(ctx, unit, result):
+        log.warning(
+            "result machine=%s order=%s slot=%s: %s ms after the command, reports %s ms; a copy",
+            machine_id,
+            result.order_id,
+            result.slot,
+            int((ctx.clock() - unit["dispatched_at"]).total_seconds() * 1000),
+            result.duration_ms,
+        )
+        return None, ResultOutcome.COPY
+    return unit, await _apply(ctx, conn, machine_id, unit, result)
+
+
+def _too_soon(ctx: ServiceContext, unit: RowMapping, result: DispenseResult) -> bool:
+    """A motor that ran durationMs cannot report sooner than that after the command left."""
+    sent: datetime | None = unit["dispatched_at"]
+    if sent is None or result.duration_ms is None:
+        return False
+    return ctx.clock() - sent < timedelta(milliseconds=result.duration_ms)
 
 
 async def _apply(
@@ -109,17 +179,7 @@ async def _apply(
         )
         return ResultOutcome.APPLIED
     if status is UnitStatus.FAILED and unit["success"] is None and result.dropped:
-        # We gave up (and owe a refund) but the machine says it dropped: a human decides.
-        await _alert(
-            ctx,
-            conn,
-            machine_id,
-            "LATE_RESULT",
-            f"unit {unit['id']} of order {unit['order_id']} reported dropped after "
-            "it was given up; refund may be owed wrongly",
-            severity="critical",
-        )
-        return ResultOutcome.LATE
+        return await _late_drop(ctx, conn, machine_id, unit, result)
     if status is UnitStatus.QUEUED:
         await _alert(
             ctx,
@@ -129,7 +189,79 @@ async def _apply(
             f"result for command {unit['id']} that was never sent",
         )
         return ResultOutcome.UNKNOWN
+    if (status is UnitStatus.DROPPED) != result.dropped:
+        return await _conflict(ctx, conn, machine_id, unit, result)
     return ResultOutcome.DUPLICATE
+
+
+async def _late_drop(
+    ctx: ServiceContext,
+    conn: AsyncConnection,
+    machine_id: str,
+    unit: RowMapping,
+    result: DispenseResult,
+) -> ResultOutcome:
+    """We gave up (and owe a refund) but the machine says it dropped: it is sold, stock is
+    corrected, and a refund not yet paid waits for an operator to release or cancel it."""
+    refund_status, stocked = await correct_late_drop(
+        ctx, conn, unit, drop_detected=result.drop_detected, duration_ms=result.duration_ms
+    )
+    if refund_status == RefundStatus.HELD.value:
+        fate = "its refund is held: release or cancel it"
+    elif refund_status == RefundStatus.SUCCEEDED.value:
+        fate = "its refund was already paid: the customer has the item and the money"
+    else:
+        fate = "no refund was owed for it"
+    if not stocked:
+        fate += "; counted stock could not follow (every unit is reserved): count the slot"
+    refund_id = await conn.scalar(
+        sa.select(refunds.c.id).where(refunds.c.dispense_id == unit["id"])
+    )
+    await _alert(
+        ctx,
+        conn,
+        machine_id,
+        "LATE_RESULT",
+        f"unit {unit['id']} of order {unit['order_id']} on machine {machine_id} reported "
+        f"dropped after it was given up; {fate}",
+        severity="critical",
+        details={
+            "order_id": unit["order_id"],
+            "command_id": unit["id"],
+            "refund_id": refund_id,
+            "refund_status": refund_status,
+            "stock_corrected": stocked,
+        },
+    )
+    return ResultOutcome.LATE
+
+
+async def _conflict(
+    ctx: ServiceContext,
+    conn: AsyncConnection,
+    machine_id: str,
+    unit: RowMapping,
+    result: DispenseResult,
+) -> ResultOutcome:
+    """Two opposite results for one command: the first stands, a human looks."""
+    applied = "dropped" if unit["status"] == UnitStatus.DROPPED.value else "failed"
+    reported = "dropped" if result.dropped else f"failed ({result.error or 'NO_DROP'})"
+    await _alert(
+        ctx,
+        conn,
+        machine_id,
+        "CONFLICTING_RESULT",
+        f"machine {machine_id} reported command {unit['id']} of order {unit['order_id']} "
+        f"{reported}, but it was already {applied}; the first result stands",
+        severity="critical",
+        details={
+            "order_id": unit["order_id"],
+            "command_id": unit["id"],
+            "applied": applied,
+            "reported": reported,
+        },
+    )
+    return ResultOutcome.CONFLICT
 
 
 async def _alert(
@@ -139,6 +271,7 @@ async def _alert(
     kind: str,
     message: str,
     severity: str = "warning",
+    details: dict[str, Any] | None = None,
 ) -> None:
     log.warning("alert machine=%s %s: %s", machine_id, kind, message)
     await conn.execute(
@@ -147,6 +280,7 @@ async def _alert(
             event_type=kind,
             severity=severity,
             message=message,
+            details=details,
             created_at=ctx.clock(),
         )
     )

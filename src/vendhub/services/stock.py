@@ -105,6 +105,34 @@ async def consume_reserved_unit(
     )
 
 
+async def consume_late_unit(
+    conn: AsyncConnection, slot_id: str, now: datetime, *, order_id: str, dispense_id: str
+) -> bool:
+    """A unit given up on (its reservation released) dropped after all: counted stock −1.
+    False when every counted unit is reserved by open orders: the count is wrong somewhere
+    and an operator must count the slot (the CHECK would refuse the decrement)."""
+    slot = await lock_slot(conn, slot_id)
+    changed = await conn.execute(
+        sa.update(slots)
+        .where(slots.c.id == slot_id, slots.c.current_stock > slots.c.reserved)
+        .values(current_stock=slots.c.current_stock - 1, updated_at=now)
+    )
+    if changed.rowcount != 1:
+        return False
+    await _log(
+        conn,
+        slot,
+        ChangeType.DISPENSE,
+        -1,
+        slot["current_stock"] - 1,
+        now,
+        f"dropped for order {order_id} after it was given up",
+        order_id=order_id,
+        dispense_id=dispense_id,
+    )
+    return True
+
+
 async def adjust(
     conn: AsyncConnection,
     slot: RowMapping,

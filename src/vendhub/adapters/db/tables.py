@@ -188,6 +188,8 @@ dispenses = sa.Table(
     sa.Column("inflight_machine", sa.String(50), unique=True),
     _now_col(),
     sa.Index(None, "machine_id", "status", "created_at"),
+    # When the unit went in flight: no honest result can arrive sooner than its durationMs.
+    sa.Column("dispatched_at", UTCDateTime()),
 )
 
 dispense_results = sa.Table(
@@ -202,6 +204,10 @@ dispense_results = sa.Table(
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("received_at", UTCDateTime(), nullable=False),
     sa.Index(None, "command_id"),
+    # The unit a result was applied to, and what it said (commandId-less copies, migration 0004).
+    sa.Column("dispense_id", ID),
+    sa.Column("fingerprint", sa.String(120)),
+    sa.Index(None, "machine_id", "order_id", "slot_number"),
 )
 
 outbox = sa.Table(
@@ -265,6 +271,25 @@ refunds = sa.Table(
     sa.CheckConstraint("amount > 0", name="amount_positive"),
     sa.Column("completed_at", UTCDateTime()),
     sa.Index(None, "status", "next_attempt_at"),
+    # The payment an excess/late refund pays back: at most one refund per such payment.
+    sa.Column("receipt_id", ID, unique=True),
+)
+
+# The money ledger (migration 0004): one row per gateway transaction that paid for an order.
+payment_receipts = sa.Table(
+    "payment_receipts",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("order_id", ID, sa.ForeignKey("orders.id"), nullable=False),
+    sa.Column("transaction_id", sa.String(64), nullable=False),
+    sa.Column("transaction_status", sa.String(32), nullable=False),
+    sa.Column("amount", Money, nullable=False),
+    sa.Column("payment_type", sa.String(32)),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("received_at", UTCDateTime(), nullable=False, index=True),
+    # A transaction told twice (capture then settlement, webhook then status) is one payment.
+    sa.UniqueConstraint("order_id", "transaction_id"),
+    sa.CheckConstraint("amount >= 0", name="amount_nonnegative"),
 )
 
 telemetry = sa.Table(

@@ -149,7 +149,9 @@ class MidtransProvider:
             "reason": request.reason,
         }
         data = await self._post(
-            f"{self._api}/v2/{_path(request.order_id)}/refund", body, request.refund_key
+            f"{self._api}/v2/{_path(request.transaction_id or request.order_id)}/refund",
+            body,
+            request.refund_key,
         )
         ref = data.get("refund_chargeback_id") or data.get("transaction_id")
         return RefundResult(

@@ -64,23 +64,33 @@ def _check_signature(data: Mapping[str, Any], server_key: str) -> None:
         raise InvalidNotification("signature_key does not match")
 
 
-def _refund_fields(data: Mapping[str, Any]) -> tuple[int | None, tuple[str, ...]]:
-    """Cumulative refunded amount and the refund_keys of a refund/partial_refund notification."""
+RefundItem = tuple[str | None, str | None, int]
+
+
+def _refund_fields(
+    data: Mapping[str, Any],
+) -> tuple[int | None, tuple[str, ...], tuple[RefundItem, ...]]:
+    """Cumulative refunded amount, the refund_keys and every listed refund (key, gateway id,
+    amount) of a refund/partial_refund notification."""
     if data.get("transaction_status") not in ("refund", "partial_refund"):
-        return None, ()
+        return None, (), ()
     listed = data.get("refunds")
-    keys = tuple(
-        str(r["refund_key"])
-        for r in (listed if isinstance(listed, list) else [])
-        if isinstance(r, dict) and r.get("refund_key")
-    )
-    amount = parse_rupiah(str(data.get("refund_amount") or "0"))
-    return (amount if amount is not None else 0), keys
+    items: list[RefundItem] = []
+    for r in listed if isinstance(listed, list) else []:
+        if not isinstance(r, dict):
+            continue
+        each = parse_rupiah(str(r.get("refund_amount") or "0")) or 0
+        key = str(r["refund_key"])[:60] if r.get("refund_key") else None
+        ref = r.get("refund_chargeback_id")
+        items.append((key, str(ref)[:40] if ref is not None else None, each))
+    keys = tuple(k for k, _, _ in items if k)
+    total = parse_rupiah(str(data.get("refund_amount") or "0"))
+    return (total if total is not None else 0), keys, tuple(items)
 
 
 def _normalise(data: Mapping[str, Any], body: bytes, source: str = "webhook") -> Notification:
     fraud = data.get("fraud_status")
-    refund_amount, refund_keys = _refund_fields(data)
+    refund_amount, refund_keys, refund_items = _refund_fields(data)
     return Notification(
         order_id=data["order_id"],
         # Some notifications (e.g. expire of an unopened Snap) carry no transaction_id.
@@ -97,6 +107,7 @@ def _normalise(data: Mapping[str, Any], body: bytes, source: str = "webhook") ->
         raw=body.decode("utf-8"),
         refund_amount=refund_amount,
         refund_keys=refund_keys,
+        refund_items=refund_items,
         source=source,
     )
 

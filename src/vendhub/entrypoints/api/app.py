@@ -24,6 +24,7 @@ from vendhub.entrypoints.api.routers import (
     orders,
     payments,
     products,
+    refunds,
     stock,
     telemetry,
 )
@@ -72,6 +73,7 @@ def create_app(
         debug,
         alerts,
         live,
+        refunds,
     ):
         app.include_router(module.router)
     app.include_router(telemetry.temperature_router)

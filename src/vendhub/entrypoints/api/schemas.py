@@ -160,7 +160,8 @@ class OrderStatusPublic(BaseModel):
     unit_price: int
     total_amount: int
     refunded_amount: int
-    # True while any refund of this order is still owed (PENDING) or was refused (FAILED).
+    # True while the ledger says money is owed back (a refund PENDING, or FAILED and not yet
+    # paid another way).
     refund_pending: bool = False
     expires_at: datetime
     paid_at: datetime | None
@@ -182,6 +183,11 @@ class OrderPublic(OrderStatusPublic):
     qr_string: str | None = None
     refunds: list[RefundPublic]
     payment: PaymentInfo | None
+    # The money ledger (payment_receipts, units, refunds): every payment of any transaction,
+    # what is still owed back, and refunds held for an operator after a late drop.
+    paid_amount: int = 0
+    refund_owed: int = 0
+    refund_held: int = 0
 
 
 class MachineCreate(BaseModel):

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from vendhub.domain.model import OrderStatus
+from vendhub.domain.model import OrderStatus, RefundStatus
 from vendhub.entrypoints.api.deps import AdminUser, ContainerDep, CtxDep, CurrentUser, WindowDep
 from vendhub.entrypoints.api.replies import Page, RefundResponse
 from vendhub.entrypoints.api.schemas import (
@@ -56,6 +56,9 @@ def order_public(order: dict[str, Any]) -> OrderPublic:
         qr_string=payment["qr_string"] if payment else None,
         refunds=[RefundPublic(**r) for r in order["refunds"]],
         payment=PaymentInfo(**payment) if payment else None,
+        paid_amount=order["paid_amount"],
+        refund_owed=order["refund_owed"],
+        refund_held=order["refund_held"],
     )
 
 
@@ -73,7 +76,7 @@ def _status_fields(order: dict[str, Any]) -> dict[str, Any]:
         "quantity": sum(i["quantity"] for i in items),
         "items": [OrderItemPublic(**i, subtotal=i["unit_price"] * i["quantity"]) for i in items],
         "dispenses": [DispensePublic(command_id=d["id"], **d) for d in order["dispenses"]],
-        "refund_pending": any(r["status"] in ("PENDING", "FAILED") for r in order["refunds"]),
+        "refund_pending": order["refund_owed"] > 0,
     }
 
 
@@ -149,5 +152,7 @@ async def refund_order(order_id: str, container: ContainerDep, _: AdminUser) -> 
         container.ctx, container.payments, container.payment_policy, order_id
     )
     return RefundResponse(
-        success=refund["status"] != "FAILED", order_id=order_id, refund=RefundPublic(**refund)
+        success=refund["status"] != RefundStatus.FAILED.value,
+        order_id=order_id,
+        refund=RefundPublic(**refund),
     )
