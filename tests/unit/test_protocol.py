@@ -185,3 +185,88 @@ def test_arbitrary_bytes_never_crash_the_parsers(data: bytes) -> None:
     for parse in (parse_result, parse_status, parse_telemetry, parse_command):
         with contextlib.suppress(InvalidPayload):
             parse(data)
+
+
+GOOD_READING = {"temperature": 4.5, "humidity": 61.2, "rssi": -63, "door": "closed"}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"rssi":1e20}',
+        b'{"rssi":NaN}',
+        b'{"temperature":NaN}',
+        b'{"temperature":Infinity}',
+        b'{"temperature":-Infinity}',
+        b'{"temperature":1e400}',
+        b'{"humidity":101}',
+        b'{"humidity":-0.5}',
+        b'{"temperature":-273.15}',
+        b'{"temperature":500}',
+        b'{"rssi":-63.5}',
+        b'{"rssi":9223372036854775808}',
+        b'{"uptime":-1}',
+        b'{"uptime":1e30}',
+        b'{"freeHeap":-4}',
+        b'{"free_heap":99999999999}',
+        b'{"door":"clo\\u0000sed"}',
+        b'{"door":"' + b"x" * 33 + b'"}',
+        b'{"extra":{"note":"a\\u0000b"}}',
+        b'{"extra":[1.5, NaN]}',
+        b'{"ke\\u0000y":1}',
+        b"{" + b'"a":[' * 20 + b"1" + b"]" * 20 + b"}",
+    ],
+)
+def test_a_reading_out_of_physical_range_or_unstorable_is_invalid(payload: bytes) -> None:
+    with pytest.raises(InvalidPayload):
+        parse_telemetry(payload)
+
+
+def test_plausible_readings_at_the_edges_of_the_ranges_are_kept() -> None:
+    for body in (
+        GOOD_READING,
+        {"temperature": -60, "humidity": 0, "rssi": -150, "uptime": 0, "freeHeap": 0},
+        {"temperature": 120, "humidity": 100, "rssi": 20, "free_memory": 4_294_967_296},
+        {"uptime_s": 86_400, "extra": {"nested": ["fine", 1.5]}},
+    ):
+        _, raw = parse_telemetry(json.dumps(body).encode())
+        assert raw == body
+    assert parse_telemetry(b'{"freeMemory":1024,"uptime_s":9}')[0].free_heap == 1024
+    assert parse_telemetry(b'{"freeMemory":1024,"uptime_s":9}')[0].uptime == 9
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"ts": 1_795_766_400}, 1_795_766_400),
+        ({"ts": 1_795_766_400.9}, 1_795_766_400),
+        ({"timestamp": "2026-11-27T08:00:00Z"}, 1_795_766_400),
+        ({"timestamp": "2026-11-27T15:00:00+07:00"}, 1_795_766_400),
+        ({"timestamp": "2026-11-27T08:00:00.250Z"}, 1_795_766_400),
+        ({"ts": 1_795_766_400, "timestamp": "2030-01-01T00:00:00Z"}, 1_795_766_400),
+        ({}, None),
+        ({"ts": 42}, None),  # seconds since boot: a clock that never synced
+        ({"ts": 1_795_766_400_000}, None),  # milliseconds
+        ({"ts": -1}, None),
+        ({"ts": True}, None),
+        ({"ts": "1795766400"}, None),
+        ({"timestamp": "2026-11-27T08:00:00"}, None),  # no zone: unusable
+        ({"timestamp": "yesterday"}, None),
+        ({"timestamp": "1970-01-01T00:00:00Z"}, None),
+        ({"timestamp": "9999-12-31T23:59:59Z"}, None),
+        ({"timestamp": 1_795_766_400}, None),
+    ],
+)
+def test_device_time_comes_from_ts_or_an_iso_timestamp_and_absurd_values_are_ignored(
+    body: dict[str, object], expected: int | None
+) -> None:
+    reading, _ = parse_telemetry(json.dumps({**body, "temperature": 4.5}).encode())
+    assert reading.ts == expected
+    assert reading.temperature == 4.5  # an unusable clock does not cost the reading
+
+
+def test_nan_and_nul_are_refused_in_results_and_status_too() -> None:
+    with pytest.raises(InvalidPayload):
+        parse_status(b'{"status":"ONLINE","fw":"1\\u0000"}')
+    with pytest.raises(InvalidPayload):
+        parse_result(b'{"orderId":"O","slot":1,"success":true,"durationMs":NaN}')

@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,6 +21,7 @@ from vendhub.services.context import PaymentPolicy, ServiceContext
 from vendhub.services.dispatch import lock_order, set_order_status
 from vendhub.services.errors import Conflict, NotFound
 from vendhub.services.ids import new_id
+from vendhub.services.passes import isolated
 from vendhub.services.ports import GatewayError, PaymentProvider, RefundRequest
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,14 @@ async def execute_due_refunds(
         ).all()
     done = 0
     for refund_id in due:
-        done += await execute_refund(ctx, provider, policy, refund_id)
+        done += bool(
+            await isolated(
+                ctx,
+                "refunds",
+                f"refund {refund_id}",
+                partial(execute_refund, ctx, provider, policy, refund_id),
+            )
+        )
     return done
 
 
