@@ -42,6 +42,7 @@ class Txn:
     status: str = "pending"
     opened: bool = True  # a Snap transaction exists at Midtrans only once the page is used
     refunds: list[dict[str, Any]] = field(default_factory=list)
+    expiry_time: str | None = None  # as answered to the charge (Asia/Jakarta wall time)
 
     @property
     def refunded(self) -> int:
@@ -159,13 +160,14 @@ class MidtransStandIn:
             self.txns[txn.order_id] = txn
             minutes = int((body.get("custom_expiry") or {}).get("expiry_duration") or 15)
             expiry = datetime.now(UTC).astimezone(WIB) + timedelta(minutes=minutes)
+            txn.expiry_time = expiry.strftime("%Y-%m-%d %H:%M:%S")
             return 200, {
                 **self._status_body(txn),
                 "status_code": "201",
                 "status_message": "QRIS transaction is created",
                 "qr_string": f"00020101021226650013ID.CO.QRIS.WWW{txn.transaction_id}6304ABCD",
                 "acquirer": "gopay",
-                "expiry_time": expiry.strftime("%Y-%m-%d %H:%M:%S"),
+                "expiry_time": txn.expiry_time,
                 "actions": [
                     {
                         "name": "generate-qr-code",
@@ -326,5 +328,12 @@ async def serve(app: Any, port: int) -> AsyncIterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
+        # A test server owes nothing to keep-alive clients or handlers still hanging on
+        # purpose: uvicorn's graceful wait cost ~1 s per server (16 s in one test file).
         server.should_exit = True
+        server.force_exit = True
         await task
+        pending = list(server.server_state.tasks)
+        for handler in pending:
+            handler.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -137,8 +138,13 @@ async def test_qris_order_carries_the_qr_a_kiosk_shows(gw: Gateway) -> None:
     assert payment["provider"] == "midtrans" and payment["status"] == "PENDING"
     assert payment["qr_string"].startswith("000201")
     assert payment["qr_url"].endswith("/qr-code")
-    assert payment["gateway_expires_at"] is not None
     txn = gw.standin.txns[created["order_id"]]
+    # The gateway's Jakarta wall time (UTC+7), kept as the same instant in UTC.
+    assert txn.expiry_time is not None
+    expected = datetime.strptime(txn.expiry_time, "%Y-%m-%d %H:%M:%S").replace(
+        tzinfo=timezone(timedelta(hours=7))
+    )
+    assert datetime.fromisoformat(payment["gateway_expires_at"]) == expected
     assert txn.gross_amount == COCA_COLA and payment["transaction_id"] == txn.transaction_id
     assert gw.standin.posts_without_idempotency_key() == []
 
