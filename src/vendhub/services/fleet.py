@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -40,10 +39,10 @@ async def store_telemetry(ctx: ServiceContext, batch: list[TelemetryReading]) ->
     try:
         stored, offline = await _store(ctx, batch)
     except Exception as exc:
-        if len(batch) == 1:
-            await isolated(ctx, "telemetry", f"machine {batch[0].machine_id}", _raise(exc))
-            return 0
-        log.warning("telemetry batch of %d refused (%s); storing one by one", len(batch), exc)
+        first_line = (str(exc).splitlines() or [""])[0][:300]
+        log.warning(
+            "telemetry batch of %d refused (%s); storing one by one", len(batch), first_line
+        )
         stored, offline = 0, {}
         for reading in batch:
             one = await isolated(
@@ -60,13 +59,6 @@ async def store_telemetry(ctx: ServiceContext, batch: list[TelemetryReading]) ->
             partial(back_online, ctx, machine_id, heard_at),
         )
     return stored
-
-
-def _raise(exc: Exception) -> Callable[[], Awaitable[None]]:
-    async def again() -> None:
-        raise exc
-
-    return again
 
 
 async def _store(
