@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, unique
 from tests.integration.helpers import SERVER_KEY, order_status, outbox_rows, pay, quick_shop, rows
-from vendhub.adapters.db.tables import dispenses, machines, payments, refunds
+from tests.integration.test_mqtt_intake import device, running
+from vendhub.adapters.db.tables import dispenses, machines, outbox, payments, refunds
 from vendhub.adapters.payments.sandbox import SandboxProvider
 from vendhub.metrics import Metrics
 from vendhub.services import commands, fleet, reconcile
@@ -19,6 +22,7 @@ from vendhub.services import orders as order_service
 from vendhub.services import refunds as refund_service
 from vendhub.services.checkout import checkout
 from vendhub.services.context import PaymentPolicy, ServiceContext
+from vendhub.services.demo import seed_demo
 from vendhub.services.orders import OrderLine
 from vendhub.services.ports import Notification, RefundRequest, RefundResult
 from vendhub.workers import payment_jobs, timers
@@ -301,3 +305,42 @@ async def test_a_payment_job_that_fails_as_a_whole_does_not_stop_the_refunds(
     assert {r["status"] for r in await rows(ctx, refunds)} == {"SUCCEEDED"}
     assert failed == ["reconcile"]
     assert {await order_status(ctx, o) for o in placed.values()} == {"REFUNDED"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_an_outbox_row_whose_publish_raises_does_not_hold_back_other_machines_commands(
+    engine: AsyncEngine, database_urls: dict[str, str], backend: str
+) -> None:
+    prefix = unique("t")
+    async with (
+        device(prefix, "VM01") as vm01,
+        device(prefix, "VM02") as vm02,
+        running(database_urls[backend], prefix) as container,
+    ):
+        ctx = container.ctx
+        await seed_demo(ctx, "VM02")
+        publish = container.mqtt.publish
+
+        async def poisoned(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+            if topic == f"{prefix}/VM02/command" and b'"dispense"' in payload:
+                raise Broken("cannot encode this one")
+            await publish(topic, payload, qos, retain)
+
+        container.mqtt.publish = poisoned  # type: ignore[method-assign]
+        blocked = await order_at(ctx, "VM02", FlakyGateway())
+        assert await pay(ctx, blocked, 8000) == "paid"
+        fine = await order_at(ctx, "VM01", FlakyGateway())
+        assert await pay(ctx, fine, 8000) == "paid"
+        assert (await vm01.next_command("dispense"))["orderId"] == fine
+        failures = container.metrics.registry.get_sample_value(
+            "vendhub_pass_row_failures_total", {"pass": "outbox"}
+        )
+        assert failures is not None and failures >= 1
+        [row] = await rows(ctx, outbox, outbox.c.machine_id == "VM02", outbox.c.kind == "dispense")
+        assert row["published_at"] is None and row["claimed_until"] is not None
+        while not vm02.commands.empty():
+            assert vm02.commands.get_nowait().get("cmd") != "dispense"
+        # Healed: once its lease lapses the row is claimed (and sent) again.
+        container.mqtt.publish = publish  # type: ignore[method-assign]
+        later = dataclasses.replace(ctx, clock=lambda: row["claimed_until"] + timedelta(seconds=1))
+        assert [i.id for i in await commands.pending(later)] == [row["id"]]
