@@ -4,4 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 bash scripts/services.sh
-exec .venv/bin/python -m pytest "$@"
+# Coverage of src/vendhub (greenlet-aware, see pyproject) is reported at the end; test order is
+# shuffled by pytest-randomly (the seed is printed; replay an order with `--randomly-seed=N`,
+# see docs/testing.md).
+exec .venv/bin/python -m pytest --cov --cov-report=term "$@"

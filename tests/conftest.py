@@ -98,15 +98,35 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 async def _wipe(engine: AsyncEngine) -> None:
+    """Empty every table, children first. PostgreSQL: one statement (data-modifying CTEs; its
+    foreign keys are checked at the end of the statement). TRUNCATE was measured 10x slower
+    than DELETE on these small tables (new files per table), so it is not used."""
+    tables = list(reversed(metadata.sorted_tables))
     async with engine.begin() as conn:
-        for table in reversed(metadata.sorted_tables):
+        if conn.dialect.name == "postgresql":
+            quote = conn.dialect.identifier_preparer.quote
+            ctes = ", ".join(f"d{n} AS (DELETE FROM {quote(t.name)})" for n, t in enumerate(tables))
+            await conn.execute(sa.text(f"WITH {ctes} SELECT 1"))
+            return
+        for table in tables:
             await conn.execute(table.delete())
+
+
+# One engine per database for the whole run: building one (and its dialect's first-connect
+# queries) cost more than the test's own queries in most integration tests.
+_ENGINES: dict[str, AsyncEngine] = {}
 
 
 @pytest.fixture
 async def engine(backend: str, database_urls: dict[str, str]) -> AsyncIterator[AsyncEngine]:
-    """An engine on a clean (emptied) migrated database of the parametrised backend."""
-    eng = create_engine(database_urls[backend])
+    """An engine on a clean (emptied) migrated database of the parametrised backend.
+
+    Shared between tests of a backend; its pool is emptied after each test, because pooled
+    connections belong to the test's event loop."""
+    url = database_urls[backend]
+    eng = _ENGINES.get(url)
+    if eng is None:
+        eng = _ENGINES[url] = create_engine(url)
     await _wipe(eng)
     try:
         yield eng

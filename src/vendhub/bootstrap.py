@@ -206,6 +206,7 @@ def build(settings: Settings) -> Container:
     ctx.wake_outbox = publisher.wake
     ctx.mqtt_connected = container.mqtt_connected
     ctx.unit_settled = metrics.unit_settled
+    ctx.row_failed = metrics.row_failed
 
     metrics.mqtt_connected.set_function(lambda: float(mqtt.connected))
 

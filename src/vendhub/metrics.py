@@ -63,6 +63,16 @@ class Metrics:
             registry=r,
         )
 
+        self.pass_row_failures = Counter(
+            "vendhub_pass_row_failures_total",
+            "Rows a periodic pass failed to handle (retried on a later pass)",
+            ["pass"],
+            registry=r,
+        )
+
+    def row_failed(self, pass_name: str) -> None:
+        self.pass_row_failures.labels(pass_name).inc()
+
     def unit_settled(self, dropped: bool, latency_s: float | None) -> None:
         self.units.labels("dropped" if dropped else "failed").inc()
         if latency_s is not None:

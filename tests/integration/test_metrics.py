@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.integration.helpers import api_client, order, outbox_rows, pay, quick_shop, report
 from vendhub.services import commands
+from vendhub.services.orders import get_order
 
 pytestmark = pytest.mark.integration
 
@@ -43,4 +44,10 @@ async def test_metrics_count_orders_commands_and_dispense_latency(
         assert samples[("vendhub_units_settled_total", (("outcome", "dropped"),))] == 1
         assert samples[("vendhub_dispense_latency_seconds_count", ())] == 1
         assert samples[("vendhub_mqtt_connected", ())] == 0
-        assert waiting
+        assert (await get_order(ctx, waiting))["status"] == "PENDING"
+        by_status = {
+            dict(labels)["status"]: value
+            for (name, labels), value in samples.items()
+            if name == "vendhub_orders" and value
+        }
+        assert by_status == {"COMPLETED": 1, "PENDING": 1}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -137,8 +138,13 @@ async def test_qris_order_carries_the_qr_a_kiosk_shows(gw: Gateway) -> None:
     assert payment["provider"] == "midtrans" and payment["status"] == "PENDING"
     assert payment["qr_string"].startswith("000201")
     assert payment["qr_url"].endswith("/qr-code")
-    assert payment["gateway_expires_at"] is not None
     txn = gw.standin.txns[created["order_id"]]
+    # The gateway's Jakarta wall time (UTC+7), kept as the same instant in UTC.
+    assert txn.expiry_time is not None
+    expected = datetime.strptime(txn.expiry_time, "%Y-%m-%d %H:%M:%S").replace(
+        tzinfo=timezone(timedelta(hours=7))
+    )
+    assert datetime.fromisoformat(payment["gateway_expires_at"]) == expected
     assert txn.gross_amount == COCA_COLA and payment["transaction_id"] == txn.transaction_id
     assert gw.standin.posts_without_idempotency_key() == []
 
@@ -478,3 +484,67 @@ async def test_a_refused_manual_refund_can_be_retried_under_a_new_key(gw: Gatewa
     assert gw.standin.refund_effects == [(order_id, f"manual-{order_id}-2", COCA_COLA)]
     view = await gw.view(order_id)
     assert (view["refunded_amount"], view["refund_owed"]) == (COCA_COLA, 0)
+
+
+# --- reconciliation's error branches ----------------------------------------------------
+
+
+async def test_a_status_query_the_gateway_fails_is_asked_again_after_the_interval(
+    gw: Gateway,
+) -> None:
+    created = await gw.order("qris")
+    order_id = created["order_id"]
+    gw.standin.pay(order_id, notify=False)
+    gw.standin.fail("status", "500")
+    gw.clock.advance(121)
+    provider = gw.container.payments
+    assert await reconcile.reconcile_pending(gw.ctx, provider, POLICY) == {}
+    assert await order_status(gw.ctx, order_id) == "PENDING"
+    [payment] = await rows(gw.ctx, payments)
+    assert (payment["check_count"], payment["checked_at"]) == (1, gw.clock())
+    assert await reconcile.reconcile_pending(gw.ctx, provider, POLICY) == {}  # not yet
+    gw.clock.advance(POLICY.reconcile_every_s)
+    outcomes = await reconcile.reconcile_pending(gw.ctx, provider, POLICY)
+    assert {k: v.value for k, v in outcomes.items()} == {order_id: "paid"}
+    assert await order_status(gw.ctx, order_id) == "DISPENSING"
+
+
+async def test_a_status_answer_with_the_wrong_amount_is_not_applied_and_is_asked_again(
+    gw: Gateway,
+) -> None:
+    created = await gw.order("qris")
+    order_id = created["order_id"]
+    gw.standin.pay(order_id, notify=False)
+    gw.standin.txns[order_id].gross_amount = COCA_COLA - 1  # signed, but not our price
+    gw.clock.advance(121)
+    provider = gw.container.payments
+    assert await reconcile.reconcile_pending(gw.ctx, provider, POLICY) == {}
+    assert await order_status(gw.ctx, order_id) == "PENDING"
+    assert await count(gw.ctx, payment_notifications) == 0
+    assert await outbox_rows(gw.ctx, "dispense") == []
+    gw.clock.advance(POLICY.reconcile_every_s)
+    assert await reconcile.reconcile_pending(gw.ctx, provider, POLICY) == {}
+    [payment] = await rows(gw.ctx, payments)
+    assert payment["check_count"] == 2
+
+
+async def test_a_refused_close_whose_status_is_unknown_is_retried_with_backoff(
+    gw: Gateway,
+) -> None:
+    created = await gw.order("qris")
+    order_id = created["order_id"]
+    gw.clock.advance(15 * 60 + 1)
+    assert await expire_due_orders(gw.ctx) == [order_id]
+    # Refused (not retryable as such), and the status query cannot say what happened.
+    gw.standin.fail("expire", "412")
+    gw.standin.fail("status", "500")
+    provider = gw.container.payments
+    assert await reconcile.close_at_gateway_due(gw.ctx, provider, POLICY) == 0
+    [payment] = await rows(gw.ctx, payments)
+    assert payment["gateway_closed_at"] is None and "412" in payment["close_error"]
+    assert payment["close_next_at"] == gw.clock() + timedelta(seconds=POLICY.backoff(1))
+    assert await reconcile.close_at_gateway_due(gw.ctx, provider, POLICY) == 0
+    gw.clock.advance(POLICY.backoff(1))
+    assert await reconcile.close_at_gateway_due(gw.ctx, provider, POLICY) == 1
+    assert gw.standin.txns[order_id].status == "expire"
+    assert await refund_service.execute_due_refunds(gw.ctx, provider, POLICY) == 0

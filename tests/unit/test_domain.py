@@ -47,7 +47,7 @@ def test_seed_happy_path_is_a_legal_sequence_of_transitions() -> None:
     ],
 )
 def test_illegal_order_transitions_raise(current: OrderStatus, new: OrderStatus) -> None:
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(IllegalTransition, match=f"order cannot go from {current} to {new}"):
         check_order_transition(current, new)
 
 
@@ -60,7 +60,7 @@ def test_final_statuses_have_no_way_out_except_failed_to_refunded() -> None:
 def test_a_settled_unit_can_never_change_again() -> None:
     for settled in (UnitStatus.DROPPED, UnitStatus.FAILED):
         for new in UnitStatus:
-            with pytest.raises(IllegalTransition):
+            with pytest.raises(IllegalTransition, match=f"unit cannot go from {settled} to"):
                 check_unit_transition(settled, new)
 
 
@@ -146,7 +146,7 @@ def test_only_closed_unpaid_orders_can_be_revived_by_a_late_payment() -> None:
     assert check_late_payment_revival(OrderStatus.EXPIRED) is OrderStatus.PAID
     assert check_late_payment_revival(OrderStatus.CANCELLED) is OrderStatus.PAID
     for status in (OrderStatus.COMPLETED, OrderStatus.FAILED, OrderStatus.REFUNDED):
-        with pytest.raises(IllegalTransition):
+        with pytest.raises(IllegalTransition, match=f"cannot reopen an order that is {status}"):
             check_late_payment_revival(status)
 
 

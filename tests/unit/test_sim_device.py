@@ -211,6 +211,17 @@ def test_an_unacked_result_is_republished_on_the_backoff_schedule() -> None:
     assert logic.next_due() == pytest.approx(NOW + times[-1] + 30)
 
 
+def test_the_resend_backoff_follows_the_simulators_speed_setting() -> None:
+    assert [backoff_delay(n, 0.01) for n in range(6)] == pytest.approx(
+        [0.01, 0.02, 0.04, 0.08, 0.16, 0.3]
+    )
+    logic = DeviceLogic("VM01", now=NOW, backoff_scale=0.01)
+    run_to_result(logic, now=NOW)
+    assert logic.next_due() == pytest.approx(NOW + 0.01)
+    assert logic.due_results(NOW + 0.01) != []
+    assert logic.next_due() == pytest.approx(NOW + 0.01 + 0.02)
+
+
 def test_sync_returns_all_unacked_results() -> None:
     logic = new_logic()
     results = [run_to_result(logic, f"C{n}") for n in range(3)]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
@@ -13,6 +15,11 @@ MAX_PAYLOAD_BYTES = 8 * 1024
 # PubSubClient's default packet buffer; commands to devices must fit in it.
 DEVICE_BUFFER_BYTES = 256
 RESULT_ERROR_CODES = ("JAM", "MOTOR_TIMEOUT", "NO_DROP", "EXPIRED", "SLOT_DISABLED", "BUSY")
+# A device time outside these bounds (Unix seconds) is a clock that never synced, or garbage.
+DEVICE_TIME_MIN = 946_684_800  # 2000-01-01T00:00:00Z
+DEVICE_TIME_MAX = 4_102_444_800  # 2100-01-01T00:00:00Z
+# Nesting deeper than this is no telemetry; it only costs us a recursion.
+MAX_PAYLOAD_DEPTH = 16
 
 
 class InvalidPayload(ValueError):
@@ -112,12 +119,18 @@ class SlotReading(_Inbound):
 
 
 class Telemetry(_Inbound):
-    ts: int | None = None
-    temperature: float | None = None
-    humidity: float | None = None
-    rssi: int | None = None
+    """One reading; every number finite and physically plausible, or the reading is invalid."""
+
+    ts: int | None = None  # device time, Unix seconds (from `ts` or ISO 8601 `timestamp`)
+    temperature: float | None = Field(default=None, ge=-60, le=120, allow_inf_nan=False)
+    humidity: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
+    rssi: int | None = Field(default=None, ge=-150, le=20)
     door: str | None = Field(default=None, max_length=32)
+    uptime: int | None = Field(default=None, ge=0, le=20 * 365 * 86_400)  # seconds
+    free_heap: int | None = Field(default=None, alias="freeHeap", ge=0, le=2**32)  # bytes
     slots: list[SlotReading] = Field(default_factory=list, max_length=200)
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> Telemetry:
@@ -128,7 +141,34 @@ class Telemetry(_Inbound):
                 if data.get(alias) is not None:
                     data["temperature"] = data[alias]
                     break
+        for alias in ("free_heap", "freeMemory", "free_memory"):
+            if data.get("freeHeap") is None and data.get(alias) is not None:
+                data["freeHeap"] = data[alias]
+        if data.get("uptime") is None and data.get("uptime_s") is not None:
+            data["uptime"] = data["uptime_s"]
+        data["ts"] = device_time(data.get("ts"), data.get("timestamp"))
         return cls.model_validate(data)
+
+
+def device_time(ts: Any, timestamp: Any) -> int | None:
+    """Device time in Unix seconds from `ts` (seconds) or `timestamp` (ISO 8601, the seed's
+    scripts); None when absent or absurd (an unsynced clock must not cost the reading)."""
+    value: float | None = None
+    if isinstance(ts, int | float) and not isinstance(ts, bool):
+        value = float(ts)
+    elif isinstance(timestamp, str) and len(timestamp) <= 64:
+        try:
+            parsed = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None or parsed.utcoffset() is None:
+            return None  # a local time of unknown zone is not a device time we can use
+        value = parsed.timestamp()
+    if value is None or not math.isfinite(value):
+        return None
+    if not DEVICE_TIME_MIN <= value < DEVICE_TIME_MAX:
+        return None
+    return int(value)
 
 
 class PresenceStatus(StrEnum):
@@ -153,16 +193,43 @@ class StatusMessage(_Inbound):
 
 
 def decode_object(payload: bytes) -> dict[str, Any]:
-    """Bytes → JSON object, or InvalidPayload; the size cap is checked before parsing."""
+    """Bytes → JSON object, or InvalidPayload; the size cap is checked before parsing.
+
+    NaN, ±Infinity (also as 1e400), NUL characters and deep nesting are refused anywhere in
+    the payload: no database column or JSON type stores them."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise InvalidPayload(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
-        data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InvalidPayload(f"not UTF-8 JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidPayload("payload is not a JSON object")
+    _check_clean(data, 0)
     return data
+
+
+def _no_constant(name: str) -> Any:
+    raise InvalidPayload(f"{name} is not a number")
+
+
+def _check_clean(value: Any, depth: int) -> None:
+    if depth > MAX_PAYLOAD_DEPTH:
+        raise InvalidPayload(f"nested deeper than {MAX_PAYLOAD_DEPTH}")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidPayload("a number is not finite")
+    elif isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidPayload("a string contains NUL")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                raise InvalidPayload("a key contains NUL")
+            _check_clean(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_clean(item, depth + 1)
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
@@ -16,6 +17,7 @@ from vendhub.protocol.messages import DispenseCommand
 from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import dispatch_next, settle_unit
 from vendhub.services.outbox import OutboxKind, enqueue
+from vendhub.services.passes import isolated
 from vendhub.services.rows import every, first
 
 log = logging.getLogger(__name__)
@@ -176,53 +178,76 @@ async def _commands_sent(
 
 
 async def retransmit_due(ctx: ServiceContext, limit: int = 200) -> int:
-    """No result by timeoutMs + grace: the same commandId again, within attempts and expiry."""
+    """No result by timeoutMs + grace: the same commandId again, within attempts and expiry.
+    One transaction per unit, so one unit that fails does not hold back the others."""
     now = ctx.clock()
+    async with ctx.engine.connect() as conn:
+        due = (
+            await conn.scalars(
+                sa.select(dispenses.c.id)
+                .where(*_retransmit_due(ctx, now))
+                .order_by(dispenses.c.next_attempt_at)
+                .limit(limit)
+            )
+        ).all()
+    sent = 0
+    for unit_id in due:
+        sent += bool(
+            await isolated(
+                ctx, "retransmit", f"command {unit_id}", partial(_retransmit, ctx, unit_id, now)
+            )
+        )
+    if sent:
+        ctx.wake_outbox()
+    return sent
+
+
+def _retransmit_due(ctx: ServiceContext, now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
+    return (
+        dispenses.c.status == UnitStatus.IN_FLIGHT.value,
+        dispenses.c.next_attempt_at <= now,
+        dispenses.c.attempts < ctx.tunables.dispense_max_attempts,
+        dispenses.c.expires_at > now,
+    )
+
+
+async def _retransmit(ctx: ServiceContext, unit_id: str, now: datetime) -> bool:
     async with ctx.engine.begin() as conn:
-        due = await every(
+        # Re-checked under the lock: a result or another replica may have come first.
+        unit = await first(
             conn,
             sa.select(dispenses)
-            .where(
-                dispenses.c.status == UnitStatus.IN_FLIGHT.value,
-                dispenses.c.next_attempt_at <= now,
-                dispenses.c.attempts < ctx.tunables.dispense_max_attempts,
-                dispenses.c.expires_at > now,
-            )
-            .order_by(dispenses.c.next_attempt_at)
-            .limit(limit)
+            .where(dispenses.c.id == unit_id, *_retransmit_due(ctx, now))
             .with_for_update(key_share=True),
         )
-        for unit in due:
-            command = DispenseCommand(
-                command_id=unit["id"],
-                order_id=unit["order_id"],
-                slot=unit["slot_number"],
-                timeout_ms=unit["timeout_ms"],
-                expires_at=int(unit["expires_at"].timestamp()),
-            )
-            # Cleared until the publisher confirms this copy went out.
-            await conn.execute(
-                sa.update(dispenses)
-                .where(dispenses.c.id == unit["id"])
-                .values(next_attempt_at=None)
-            )
-            await enqueue(
-                conn,
-                ctx.tunables.topic_prefix,
-                unit["machine_id"],
-                command,
-                now,
-                dispense_id=unit["id"],
-            )
-            log.info(
-                "retransmit command=%s machine=%s attempt=%d",
-                unit["id"],
-                unit["machine_id"],
-                unit["attempts"] + 1,
-            )
-    if due:
-        ctx.wake_outbox()
-    return len(due)
+        if unit is None:
+            return False
+        command = DispenseCommand(
+            command_id=unit["id"],
+            order_id=unit["order_id"],
+            slot=unit["slot_number"],
+            timeout_ms=unit["timeout_ms"],
+            expires_at=int(unit["expires_at"].timestamp()),
+        )
+        # Cleared until the publisher confirms this copy went out.
+        await conn.execute(
+            sa.update(dispenses).where(dispenses.c.id == unit["id"]).values(next_attempt_at=None)
+        )
+        await enqueue(
+            conn,
+            ctx.tunables.topic_prefix,
+            unit["machine_id"],
+            command,
+            now,
+            dispense_id=unit["id"],
+        )
+    log.info(
+        "retransmit command=%s machine=%s attempt=%d",
+        unit["id"],
+        unit["machine_id"],
+        unit["attempts"] + 1,
+    )
+    return True
 
 
 async def give_up_due(ctx: ServiceContext, limit: int = 100) -> int:
@@ -253,7 +278,12 @@ async def give_up_due(ctx: ServiceContext, limit: int = 100) -> int:
         in_flight = c.status == UnitStatus.IN_FLIGHT.value
         if in_flight and c.expires_at + timedelta(milliseconds=c.timeout_ms) + grace >= now:
             continue
-        given_up += await _give_up(ctx, c.id, c.status)
+        given_up += (
+            await isolated(
+                ctx, "give_up", f"command {c.id}", partial(_give_up, ctx, c.id, c.status)
+            )
+            or 0
+        )
     if given_up:
         ctx.wake_outbox()
     return given_up
@@ -305,8 +335,16 @@ async def resume_idle_machines(ctx: ServiceContext) -> int:
         )
     started = 0
     for machine_id in machine_ids:
-        async with ctx.engine.begin() as conn:
-            started += await dispatch_next(ctx, conn, machine_id)
+        started += bool(
+            await isolated(
+                ctx, "resume", f"machine {machine_id}", partial(_resume_machine, ctx, machine_id)
+            )
+        )
     if started:
         ctx.wake_outbox()
     return started
+
+
+async def _resume_machine(ctx: ServiceContext, machine_id: str) -> bool:
+    async with ctx.engine.begin() as conn:
+        return await dispatch_next(ctx, conn, machine_id)

@@ -58,3 +58,5 @@ class ServiceContext:
     mqtt_connected: Callable[[], bool] = lambda: False
     # Called when a unit settles: (dropped, seconds from first send to result or None).
     unit_settled: Callable[[bool, float | None], None] = lambda dropped, latency: None
+    # Called when one row of a periodic pass failed (label: the pass); the pass goes on.
+    row_failed: Callable[[str], None] = lambda pass_name: None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,6 +16,7 @@ from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import dispatch_next, lock_machine
 from vendhub.services.errors import NotFound
 from vendhub.services.outbox import enqueue
+from vendhub.services.passes import isolated
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +30,50 @@ class TelemetryReading:
 
 
 async def store_telemetry(ctx: ServiceContext, batch: list[TelemetryReading]) -> int:
-    """One transaction for the whole batch; readings of unknown machines are skipped."""
+    """One transaction for the whole batch; readings of unknown machines are skipped.
+
+    Should the database refuse the batch, each reading is stored on its own, so one bad
+    reading costs only itself (counted as a failed row of the "telemetry" pass)."""
     if not batch:
         return 0
-    async with ctx.engine.begin() as conn:
-        known = set(
-            (
-                await conn.execute(
-                    sa.select(machines.c.id).where(machines.c.id.in_({r.machine_id for r in batch}))
-                )
-            ).scalars()
+    try:
+        stored, offline = await _store(ctx, batch)
+    except Exception as exc:
+        first_line = (str(exc).splitlines() or [""])[0][:300]
+        log.warning(
+            "telemetry batch of %d refused (%s); storing one by one", len(batch), first_line
         )
+        stored, offline = 0, {}
+        for reading in batch:
+            one = await isolated(
+                ctx, "telemetry", f"machine {reading.machine_id}", partial(_store, ctx, [reading])
+            )
+            if one is not None:
+                stored += one[0]
+                offline.update(one[1])
+    for machine_id, heard_at in offline.items():
+        await isolated(
+            ctx,
+            "presence",
+            f"machine {machine_id}",
+            partial(back_online, ctx, machine_id, heard_at),
+        )
+    return stored
+
+
+async def _store(
+    ctx: ServiceContext, batch: list[TelemetryReading]
+) -> tuple[int, dict[str, datetime]]:
+    """Returns the readings stored and the OFFLINE machines heard from (with when)."""
+    async with ctx.engine.begin() as conn:
+        known = {
+            r.id: r
+            for r in await conn.execute(
+                sa.select(machines.c.id, machines.c.status, machines.c.updated_at).where(
+                    machines.c.id.in_({r.machine_id for r in batch})
+                )
+            )
+        }
         rows = [_telemetry_row(r) for r in batch if r.machine_id in known]
         if rows:
             await conn.execute(sa.insert(telemetry), rows)
@@ -59,7 +94,12 @@ async def store_telemetry(ctx: ServiceContext, batch: list[TelemetryReading]) ->
                 .values(sensed_level=sa.bindparam("level"), sensed_at=sa.bindparam("at")),
                 levels,
             )
-        last_seen = {r.machine_id: r.received_at for r in batch if r.machine_id in known}
+        last_seen: dict[str, datetime] = {}
+        for r in batch:
+            if r.machine_id in known:
+                last_seen[r.machine_id] = max(
+                    r.received_at, last_seen.get(r.machine_id, r.received_at)
+                )
         if last_seen:
             await conn.execute(
                 sa.update(machines)
@@ -69,7 +109,49 @@ async def store_telemetry(ctx: ServiceContext, batch: list[TelemetryReading]) ->
             )
     if len(rows) < len(batch):
         log.info("dropped %d telemetry reading(s) from unknown machines", len(batch) - len(rows))
-    return len(rows)
+    offline = {
+        m: t
+        for m, t in last_seen.items()
+        if known[m].status == PresenceStatus.OFFLINE.value
+        # Only what was heard after it went OFFLINE (a late reading queued before the
+        # device's last will must not revive it).
+        and (known[m].updated_at is None or known[m].updated_at <= t)
+    }
+    return len(rows), offline
+
+
+async def back_online(ctx: ServiceContext, machine_id: str, heard_at: datetime) -> bool:
+    """A machine OFFLINE (silent, or by its last will) that speaks again is ONLINE: it gets a
+    sync and the units waiting for it go out."""
+    now = ctx.clock()
+    async with ctx.engine.begin() as conn:
+        machine = await lock_machine(conn, machine_id)
+        if (
+            machine is None
+            or machine["status"] != PresenceStatus.OFFLINE.value
+            or (machine["updated_at"] is not None and machine["updated_at"] > heard_at)
+        ):
+            return False
+        await conn.execute(
+            sa.update(machines)
+            .where(machines.c.id == machine_id)
+            .values(status=PresenceStatus.ONLINE.value, updated_at=now)
+        )
+        await conn.execute(
+            sa.insert(machine_events).values(
+                machine_id=machine_id,
+                event_type="STATUS",
+                status=PresenceStatus.ONLINE.value,
+                severity="info",
+                message=f"machine {machine_id} is ONLINE (heard from again)",
+                created_at=now,
+            )
+        )
+        await enqueue(conn, ctx.tunables.topic_prefix, machine_id, SyncCommand(), now)
+        await dispatch_next(ctx, conn, machine_id)
+    log.info("machine %s is ONLINE again: heard from after being OFFLINE", machine_id)
+    ctx.wake_outbox()
+    return True
 
 
 def _telemetry_row(r: TelemetryReading) -> dict[str, Any]:
@@ -143,33 +225,48 @@ async def mark_silent_machines_offline(ctx: ServiceContext) -> list[str]:
             )
         ).all()
     silent = [
-        r.id
+        (r.id, r.last_seen_at)
         for r in rows
         if r.last_seen_at
         < now - timedelta(seconds=r.telemetry_interval_s * ctx.tunables.presence_intervals)
     ]
-    for machine_id in silent:
-        async with ctx.engine.begin() as conn:
-            result = await conn.execute(
-                sa.update(machines)
-                .where(machines.c.id == machine_id, machines.c.status == "ONLINE")
-                .values(status="OFFLINE", updated_at=now)
+    marked = []
+    for machine_id, seen in silent:
+        if await isolated(
+            ctx, "presence", f"machine {machine_id}", partial(_mark_offline, ctx, machine_id, seen)
+        ):
+            marked.append(machine_id)
+    return marked
+
+
+async def _mark_offline(ctx: ServiceContext, machine_id: str, seen: datetime) -> bool:
+    now = ctx.clock()
+    async with ctx.engine.begin() as conn:
+        result = await conn.execute(
+            sa.update(machines)
+            .where(
+                machines.c.id == machine_id,
+                machines.c.status == PresenceStatus.ONLINE.value,
+                # Heard from meanwhile (telemetry since the scan): not silent after all.
+                machines.c.last_seen_at <= seen,
             )
-            if result.rowcount != 1:
-                continue
-            await conn.execute(
-                sa.insert(machine_events).values(
-                    machine_id=machine_id,
-                    event_type="STATUS",
-                    status="OFFLINE",
-                    severity="warning",
-                    created_at=now,
-                    message=f"machine {machine_id} is OFFLINE (silent for "
-                    f"{ctx.tunables.presence_intervals} telemetry intervals)",
-                )
+            .values(status=PresenceStatus.OFFLINE.value, updated_at=now)
+        )
+        if result.rowcount != 1:
+            return False
+        await conn.execute(
+            sa.insert(machine_events).values(
+                machine_id=machine_id,
+                event_type="STATUS",
+                status=PresenceStatus.OFFLINE.value,
+                severity="warning",
+                created_at=now,
+                message=f"machine {machine_id} is OFFLINE (silent for "
+                f"{ctx.tunables.presence_intervals} telemetry intervals)",
             )
-        log.warning("machine %s marked OFFLINE: nothing heard since its last heartbeat", machine_id)
-    return silent
+        )
+    log.warning("machine %s marked OFFLINE: nothing heard since its last heartbeat", machine_id)
+    return True
 
 
 async def set_status_by_operator(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,6 +30,7 @@ from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import lock_order, set_order_status
 from vendhub.services.errors import Conflict, InvalidRequest, NotFound
 from vendhub.services.ids import new_id, new_order_id
+from vendhub.services.passes import isolated
 from vendhub.services.rows import every, first
 from vendhub.services.views import OrderSummaryView, PaymentView, Slice, Window
 
@@ -281,7 +283,11 @@ async def expire_due_orders(ctx: ServiceContext, limit: int = 100) -> list[str]:
         )
     expired = []
     for order_id in due:
-        async with ctx.engine.begin() as conn:
-            if await close_unpaid(ctx, conn, order_id, OrderStatus.EXPIRED):
-                expired.append(order_id)
+        if await isolated(ctx, "expire", f"order {order_id}", partial(_expire, ctx, order_id)):
+            expired.append(order_id)
     return expired
+
+
+async def _expire(ctx: ServiceContext, order_id: str) -> bool:
+    async with ctx.engine.begin() as conn:
+        return await close_unpaid(ctx, conn, order_id, OrderStatus.EXPIRED)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from functools import partial
 
 import sqlalchemy as sa
 
@@ -12,6 +13,7 @@ from vendhub.domain.model import DomainError, OrderStatus
 from vendhub.domain.payments import PaymentStatus
 from vendhub.services.context import PaymentPolicy, ServiceContext
 from vendhub.services.errors import NotFound
+from vendhub.services.passes import isolated
 from vendhub.services.payments import Outcome, apply_notification
 from vendhub.services.ports import GatewayError, InvalidNotification, PaymentProvider
 
@@ -44,13 +46,9 @@ async def reconcile_pending(
         ).all()
     outcomes: dict[str, Outcome] = {}
     for order_id in due:
-        async with ctx.engine.begin() as conn:
-            await conn.execute(
-                sa.update(payments)
-                .where(payments.c.order_id == order_id)
-                .values(checked_at=now, check_count=payments.c.check_count + 1)
-            )
-        outcome = await _ask_and_apply(ctx, provider, order_id)
+        outcome = await isolated(
+            ctx, "reconcile", f"order {order_id}", partial(_reconcile, ctx, provider, order_id)
+        )
         if outcome is not None:
             outcomes[order_id] = outcome
     return outcomes
@@ -84,6 +82,18 @@ async def verify_now(ctx: ServiceContext, provider: PaymentProvider, order_id: s
         return False
     await _ask_and_apply(ctx, provider, order_id)
     return True
+
+
+async def _reconcile(
+    ctx: ServiceContext, provider: PaymentProvider, order_id: str
+) -> Outcome | None:
+    async with ctx.engine.begin() as conn:
+        await conn.execute(
+            sa.update(payments)
+            .where(payments.c.order_id == order_id)
+            .values(checked_at=ctx.clock(), check_count=payments.c.check_count + 1)
+        )
+    return await _ask_and_apply(ctx, provider, order_id)
 
 
 async def _ask_and_apply(
@@ -130,7 +140,14 @@ async def close_at_gateway_due(
         ).all()
     closed = 0
     for order_id in due:
-        closed += await close_at_gateway(ctx, provider, policy, order_id)
+        closed += bool(
+            await isolated(
+                ctx,
+                "gateway_close",
+                f"order {order_id}",
+                partial(close_at_gateway, ctx, provider, policy, order_id),
+            )
+        )
     return closed
 
 

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,6 +35,7 @@ from vendhub.services import dispatch
 from vendhub.services.context import PaymentPolicy, ServiceContext
 from vendhub.services.errors import Conflict, NotFound
 from vendhub.services.ids import new_id
+from vendhub.services.passes import isolated
 from vendhub.services.ports import GatewayError, Notification, PaymentProvider, RefundRequest
 from vendhub.services.rows import every, first
 
@@ -216,7 +218,14 @@ async def execute_due_refunds(
         ).all()
     done = 0
     for refund_id in due:
-        done += await execute_refund(ctx, provider, policy, refund_id)
+        done += bool(
+            await isolated(
+                ctx,
+                "refunds",
+                f"refund {refund_id}",
+                partial(execute_refund, ctx, provider, policy, refund_id),
+            )
+        )
     return done
 
 

@@ -34,9 +34,10 @@ MIN_MOTOR_MS = 200
 FLASH_FORMAT = 1
 
 
-def backoff_delay(attempt: int) -> float:
-    """Seconds to wait after re-publish number `attempt` (0-based): 1, 2, 4, … capped at 30."""
-    return min(2.0 ** min(attempt, 16), BACKOFF_CAP_S)
+def backoff_delay(attempt: int, scale: float = 1.0) -> float:
+    """Seconds to wait after re-publish number `attempt` (0-based): 1, 2, 4, … capped at 30,
+    times `scale` (the simulator's speed setting; 1.0 on real firmware)."""
+    return min(2.0 ** min(attempt, 16), BACKOFF_CAP_S) * scale
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +171,10 @@ class DeviceLogic:
         clock_skew_s: float = 0.0,
         has_clock: bool = True,
         stock_per_slot: int | None = None,
+        backoff_scale: float = 1.0,
     ) -> None:
         self.machine_id = machine_id
+        self.backoff_scale = backoff_scale
         self.store = store if store is not None else FlashStore(None)
         self.clock_skew_s = clock_skew_s
         self.has_clock = has_clock
@@ -313,7 +316,9 @@ class DeviceLogic:
             evicted, _ = self._results.popitem(last=False)
             self._acked.discard(evicted)
             self._retry.pop(evicted, None)
-        self._retry[result.command_id] = _Retry(due=now + backoff_delay(0), attempt=1)
+        self._retry[result.command_id] = _Retry(
+            due=now + backoff_delay(0, self.backoff_scale), attempt=1
+        )
         self._save()
         return result
 
@@ -337,7 +342,7 @@ class DeviceLogic:
         for cid, retry in self._retry.items():
             if retry.due <= now:
                 due.append(self._results[cid])
-                retry.due = now + backoff_delay(retry.attempt)
+                retry.due = now + backoff_delay(retry.attempt, self.backoff_scale)
                 retry.attempt += 1
         return due
 

@@ -85,6 +85,8 @@ class SimulatedMachine:
             now=time.time(),
             clock_skew_s=self.faults.clock_skew_s,
             stock_per_slot=self.options.stock_per_slot,
+            # Sped-up motors get sped-up resends too, so a fast test does not wait real seconds.
+            backoff_scale=self.options.speed,
         )
 
     def topic(self, kind: TopicKind) -> str:

@@ -70,8 +70,20 @@ class OutboxPublisher:
             elif isinstance(outcome, MqttNotConnected | MqttPublishError):
                 # Stays in the outbox; resumed when the connection is back.
                 complete = False
+            elif not isinstance(outcome, Exception):
+                raise outcome  # cancellation
             else:
-                raise outcome
+                # This row only: it stays claimed, so it is tried again once its lease
+                # (CLAIM_LEASE_S) lapses, and the rest of the batch goes on.
+                self.ctx.row_failed("outbox")
+                detail = (str(outcome).splitlines() or [""])[0][:300]
+                log.error(
+                    "outbox pass: row %s to %s failed, will retry after its lease: %s: %s",
+                    item.id,
+                    item.topic,
+                    type(outcome).__name__,
+                    detail,
+                )
         if not complete:
             log.info("outbox paused: %d of %d published; broker unavailable", len(sent), len(items))
         return sent, complete

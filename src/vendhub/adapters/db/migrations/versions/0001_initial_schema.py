@@ -405,50 +405,20 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("dispenses", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_dispenses_order_id"))
-        batch_op.drop_index(batch_op.f("ix_dispenses_machine_id_status_created_at"))
-
+    # Dropping a table drops its indexes; dropping an index first fails on MariaDB when a
+    # foreign key needs it (errno 1553).
     op.drop_table("dispenses")
-    with op.batch_alter_table("stock_logs", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_stock_logs_machine_id_created_at"))
-
     op.drop_table("stock_logs")
-    with op.batch_alter_table("refunds", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_refunds_order_id"))
-
     op.drop_table("refunds")
     op.drop_table("payments")
-    with op.batch_alter_table("order_items", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_order_items_order_id"))
-
     op.drop_table("order_items")
     op.drop_table("slots")
-    with op.batch_alter_table("orders", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_orders_status_expires_at"))
-        batch_op.drop_index(batch_op.f("ix_orders_machine_id_created_at"))
-
     op.drop_table("orders")
     op.drop_table("users")
-    with op.batch_alter_table("telemetry", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_telemetry_machine_id_received_at"))
-
     op.drop_table("telemetry")
     op.drop_table("products")
-    with op.batch_alter_table("payment_notifications", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_payment_notifications_order_id"))
-
     op.drop_table("payment_notifications")
-    with op.batch_alter_table("outbox", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_outbox_published_at_id"))
-
     op.drop_table("outbox")
     op.drop_table("machines")
-    with op.batch_alter_table("machine_events", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_machine_events_machine_id_created_at"))
-
     op.drop_table("machine_events")
-    with op.batch_alter_table("dispense_results", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_dispense_results_command_id"))
-
     op.drop_table("dispense_results")
