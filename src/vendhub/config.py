@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Literal
 from urllib.parse import quote_plus, urlsplit
 
@@ -89,6 +90,40 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     log_level: str = "INFO"
 
+    # Security: abuse limits, operator accounts, input limits, headers (README "Security").
+    redis_url: str | None = None  # rate-limit counters shared by replicas; memory if unset
+    trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For we believe, comma-separated
+    rate_limit_default: str = "120/minute"  # every request, per client address
+    rate_limit_orders: str = "10/minute"  # order creation and cancellation, per client
+    rate_limit_webhook: str = "600/minute"  # payment notifications, per client
+    login_limit_per_username: str = "5/minute"  # failed logins of one username
+    login_limit_per_client: str = "20/minute"  # login attempts from one client
+    anon_max_unpaid_units: int = Field(default=2, ge=1, le=100)
+    cors_origins: str = ""  # comma-separated origins allowed by CORS; none when empty
+    metrics_token: str | None = None  # when set, /metrics needs "Authorization: Bearer …"
+    max_json_depth: int = Field(default=32, ge=2, le=1000)
+
+    @model_validator(mode="after")
+    def _check_security_settings(self) -> Settings:
+        from limits import parse
+
+        for name in (
+            "rate_limit_default",
+            "rate_limit_orders",
+            "rate_limit_webhook",
+            "login_limit_per_username",
+            "login_limit_per_client",
+        ):
+            try:
+                parse(getattr(self, name))
+            except ValueError:
+                raise ConfigError(f"{name.upper()} is not a rate such as 10/minute") from None
+        try:
+            self.trusted_proxy_networks  # noqa: B018 - parsed for its errors
+        except ValueError as exc:
+            raise ConfigError(f"TRUSTED_PROXIES: {exc}") from None
+        return self
+
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
         if not self.is_production:
@@ -133,6 +168,14 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{self.sqlite_path}"
 
     @property
+    def trusted_proxy_networks(self) -> list[IPv4Network | IPv6Network]:
+        return [ip_network(c.strip(), strict=False) for c in _items(self.trusted_proxies)]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return _items(self.cors_origins)
+
+    @property
     def embedded_broker(self) -> bool:
         return self.mqtt_broker_url.strip().lower() in ("", EMBEDDED)
 
@@ -149,6 +192,10 @@ class Settings(BaseSettings):
 
     def base_url(self) -> str:
         return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+def _items(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def default_mqtt_port(scheme: str | None) -> int:

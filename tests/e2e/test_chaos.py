@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import _admin, _create_database, free_port, unique
-from tests.e2e.conftest import Api, Server, Sim, clean_env
+from tests.e2e.conftest import LOOSE_LIMITS, Api, Server, Sim, clean_env
 from vendhub.adapters.db.engine import create_engine
 from vendhub.adapters.db.tables import (
     dispense_results,
@@ -297,6 +297,7 @@ def test_books_balance_after_faults_broker_restart_and_backend_kill(
         DISPENSE_QUEUE_TTL_S="120",
         # A create whose response was lost in the kill leaves an unpaid order; it expires.
         ORDER_TTL_S="60",
+        **LOOSE_LIMITS,
     )
     server = Server(env, tmp_path)
     sim = Sim(

@@ -227,6 +227,27 @@ class UserCreate(BaseModel):
     role: Role = Field(strict=False)
 
 
+class UserUpdate(BaseModel):
+    model_config = Strict
+    is_active: bool | None = None
+    role: Role | None = Field(default=None, strict=False)
+    password: str | None = Field(default=None, min_length=8, max_length=256)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        return reject_nulls(data, {"is_active", "role", "password"})
+
+
+def reject_nulls(data: Any, not_null: set[str]) -> Any:
+    """An explicit null for a column that cannot hold one is a 422, not a database error."""
+    if isinstance(data, dict):
+        nulls = sorted(k for k in not_null if k in data and data[k] is None)
+        if nulls:
+            raise ValueError(f"{', '.join(nulls)} cannot be null")
+    return data
+
+
 class SimulatedResult(BaseModel):
     """The seed's body for /api/debug/mqtt/simulate-dispense-result."""
 

@@ -1,24 +1,37 @@
-"""Operator login."""
+"""Operator login and accounts."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 
 from vendhub.entrypoints.api.deps import AdminUser, ContainerDep, CurrentUser
-from vendhub.entrypoints.api.schemas import LoginRequest, TokenResponse, UserCreate
+from vendhub.entrypoints.api.schemas import LoginRequest, TokenResponse, UserCreate, UserUpdate
+from vendhub.entrypoints.api.security import RateLimits, scope_client
 from vendhub.services import auth
+from vendhub.services.errors import RateLimited, Unauthorized
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
 
 @router.post("/login")
-async def login(body: LoginRequest, container: ContainerDep) -> TokenResponse:
-    user = await auth.authenticate(container.ctx, body.username, body.password)
-    token = auth.issue_token(
-        user, container.settings.jwt_secret, container.ctx, container.settings.jwt_expire_minutes
-    )
+async def login(body: LoginRequest, request: Request, container: ContainerDep) -> TokenResponse:
+    settings = container.settings
+    limits: RateLimits = request.app.state.limits
+    client = scope_client(request.scope, settings.trusted_proxy_networks)
+    per_client = await limits.hit(settings.login_limit_per_client, "login-client", client)
+    per_user = await limits.blocked(settings.login_limit_per_username, "login-user", body.username)
+    if per_client is not None or per_user is not None:
+        wait = max(per_client or 0, per_user or 0)
+        raise RateLimited(f"too many login attempts; retry in {math.ceil(wait)} s", wait)
+    try:
+        user = await auth.authenticate(container.ctx, body.username, body.password)
+    except Unauthorized:
+        await limits.hit(settings.login_limit_per_username, "login-user", body.username)
+        raise
+    token = auth.issue_token(user, settings.jwt_secret, container.ctx, settings.jwt_expire_minutes)
     return TokenResponse(
         token=token, user={"id": user["id"], "username": user["username"], "role": user["role"]}
     )
@@ -30,6 +43,31 @@ async def me(user: CurrentUser) -> dict[str, Any]:
 
 
 @router.post("/users", status_code=201)
-async def create_user(body: UserCreate, container: ContainerDep, _: AdminUser) -> dict[str, Any]:
-    user_id = await auth.create_user(container.ctx, body.username, body.password, body.role)
+async def create_user(
+    body: UserCreate, container: ContainerDep, actor: AdminUser
+) -> dict[str, Any]:
+    user_id = await auth.create_user(
+        container.ctx, body.username, body.password, body.role, actor_role=actor["role"]
+    )
     return {"id": user_id, "username": body.username, "role": body.role.value}
+
+
+@router.get("/users")
+async def list_users(container: ContainerDep, _: AdminUser) -> list[dict[str, Any]]:
+    return await auth.list_users(container.ctx)
+
+
+@router.patch("/users/{user_id}")
+async def update_user(
+    user_id: str, body: UserUpdate, container: ContainerDep, actor: AdminUser
+) -> dict[str, Any]:
+    """is_active, role, password; each change revokes the user's tokens at once."""
+    return await auth.update_user(
+        container.ctx, actor, user_id, body.model_dump(exclude_unset=True)
+    )
+
+
+@router.delete("/users/{user_id}", status_code=204)
+async def delete_user(user_id: str, container: ContainerDep, actor: AdminUser) -> Response:
+    await auth.delete_user(container.ctx, actor, user_id)
+    return Response(status_code=204)
