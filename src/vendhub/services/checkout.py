@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from vendhub.adapters.db.tables import order_items, orders, payments
 from vendhub.domain.model import OrderStatus
 from vendhub.services.context import ServiceContext
-from vendhub.services.orders import OrderLine, close_unpaid, place_order
+from vendhub.services.orders import OrderLine, OrderOrigin, close_unpaid, place_order
 from vendhub.services.ports import GatewayError, PaymentLine, PaymentProvider, PaymentRequest
 from vendhub.services.rows import every
 
@@ -24,6 +24,7 @@ async def checkout(
     *,
     customer_phone: str | None,
     payment_method: str | None,
+    origin: OrderOrigin | None = None,
 ) -> str:
     order_id = await place_order(
         ctx,
@@ -32,6 +33,7 @@ async def checkout(
         provider=provider.name,
         customer_phone=customer_phone,
         payment_method=payment_method,
+        origin=origin,
     )
     try:
         await _attach_payment(ctx, provider, order_id)

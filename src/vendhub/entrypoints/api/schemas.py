@@ -125,6 +125,9 @@ class OrderPublic(BaseModel):
     # True while any refund of this order is still owed (PENDING) or was refused (FAILED).
     refund_pending: bool = False
     payment: PaymentInfo | None
+    # Only in the creation response: the secret that reads and cancels this order anonymously
+    # (send it as X-Order-Token or ?token=); the server keeps only its hash.
+    access_token: str | None = None
 
 
 class MachineCreate(BaseModel):

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from vendhub.domain.model import OrderStatus
+from vendhub.entrypoints.api.access import OrderAccess, OriginDep, public_view
 from vendhub.entrypoints.api.deps import AdminUser, ContainerDep, CtxDep, CurrentUser
 from vendhub.entrypoints.api.schemas import (
     DispensePublic,
@@ -57,7 +58,9 @@ async def load(ctx: ServiceContext, order_id: str) -> OrderPublic:
 
 
 @router.post("", status_code=201)
-async def create_order(body: OrderCreate, container: ContainerDep) -> OrderPublic:
+async def create_order(
+    body: OrderCreate, container: ContainerDep, origin: OriginDep
+) -> OrderPublic:
     line = OrderLine(slot_number=body.slot_number, slot_id=body.slot_id, quantity=body.quantity)
     order_id = await checkout(
         container.ctx,
@@ -66,12 +69,17 @@ async def create_order(body: OrderCreate, container: ContainerDep) -> OrderPubli
         [line],
         customer_phone=body.customer_phone,
         payment_method=body.payment_method,
+        origin=origin.order,
     )
-    return await load(container.ctx, order_id)
+    return (await load(container.ctx, order_id)).model_copy(
+        update={"access_token": origin.access_token}
+    )
 
 
 @router.post("/multi", status_code=201)
-async def create_multi_order(body: MultiOrderCreate, container: ContainerDep) -> OrderPublic:
+async def create_multi_order(
+    body: MultiOrderCreate, container: ContainerDep, origin: OriginDep
+) -> OrderPublic:
     lines = [
         OrderLine(slot_number=i.slot_number, slot_id=i.slot_id, quantity=i.quantity)
         for i in body.items
@@ -83,8 +91,11 @@ async def create_multi_order(body: MultiOrderCreate, container: ContainerDep) ->
         lines,
         customer_phone=body.customer_phone,
         payment_method=body.payment_method,
+        origin=origin.order,
     )
-    return await load(container.ctx, order_id)
+    return (await load(container.ctx, order_id)).model_copy(
+        update={"access_token": origin.access_token}
+    )
 
 
 @router.get("")
@@ -100,8 +111,10 @@ async def list_orders(
 
 
 @router.get("/{order_id}")
-async def get_order(order_id: str, ctx: CtxDep) -> OrderPublic:
-    return await load(ctx, order_id)
+async def get_order(order_id: str, ctx: CtxDep, full: OrderAccess) -> OrderPublic:
+    """Everyone sees the status; details need the order's token, its kiosk or an operator."""
+    order = await load(ctx, order_id)
+    return order if full else public_view(order)
 
 
 @router.post("/{order_id}/refund")

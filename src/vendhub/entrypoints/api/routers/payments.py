@@ -6,11 +6,12 @@ from html import escape
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
 from vendhub.adapters.db.tables import payments
 from vendhub.adapters.payments.sandbox import SandboxProvider
+from vendhub.entrypoints.api.access import OrderAccess, require_order_access
 from vendhub.entrypoints.api.deps import ContainerDep, CtxDep
 from vendhub.services import orders, reconcile
 from vendhub.services import payments as payment_service
@@ -31,7 +32,7 @@ async def webhook(request: Request, container: ContainerDep) -> dict[str, Any]:
 
 
 @router.get("/{order_id}")
-async def payment_status(order_id: str, ctx: CtxDep) -> dict[str, Any]:
+async def payment_status(order_id: str, ctx: CtxDep, full: OrderAccess) -> dict[str, Any]:
     async with ctx.engine.connect() as conn:
         row = (
             (await conn.execute(sa.select(payments).where(payments.c.order_id == order_id)))
@@ -40,6 +41,8 @@ async def payment_status(order_id: str, ctx: CtxDep) -> dict[str, Any]:
         )
     if row is None:
         raise NotFound(f"payment for order {order_id} not found")
+    if not full:  # without the order's token: no payment details
+        return {k: row[k] for k in ("order_id", "provider", "status", "amount")}
     return {
         k: row[k]
         for k in (
@@ -58,7 +61,7 @@ async def payment_status(order_id: str, ctx: CtxDep) -> dict[str, Any]:
     }
 
 
-@router.post("/cancel/{order_id}")
+@router.post("/cancel/{order_id}", dependencies=[Depends(require_order_access)])
 async def cancel(order_id: str, container: ContainerDep) -> dict[str, Any]:
     await orders.cancel_order(container.ctx, order_id)
     # Best effort now; if the gateway is unreachable the payment jobs keep trying.
