@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from vendhub.services.auth import Role
 from vendhub.services.stock import ChangeType
 
 Strict = ConfigDict(extra="forbid", strict=True)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+BIGINT_MAX = 2**63 - 1
+
+
+def _in_utc_range(value: datetime) -> datetime:
+    """An aware datetime in UTC, within what every database stores (a naive one is left
+    naive, for the handler to judge)."""
+    try:
+        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("datetime is out of range") from None
+    if not EARLIEST <= utc < LATEST:
+        raise ValueError("datetime must be between 1970 and 9999")
+    return value if value.tzinfo is None else utc
+
+
+# Use for every datetime a client sends: out-of-range values are a 422, not an overflow.
+SafeDatetime = Annotated[datetime, AfterValidator(_in_utc_range)]
 
 
 class ErrorBody(BaseModel):
@@ -145,6 +164,11 @@ class MachineUpdate(BaseModel):
     is_active: bool | None = None
     telemetry_interval_s: int | None = Field(default=None, ge=5, le=3600)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        return reject_nulls(data, {"name", "is_active", "telemetry_interval_s"})
+
 
 class MachinePublic(BaseModel):
     id: str
@@ -163,9 +187,14 @@ class SlotUpdate(BaseModel):
     model_config = Strict
     product_id: str | None = Field(default=None, max_length=40)
     capacity: int | None = Field(default=None, ge=0, le=1000)
-    price_override: int | None = Field(default=None, ge=0)
+    price_override: int | None = Field(default=None, ge=0, le=100_000_000)
     motor_duration_ms: int | None = Field(default=None, ge=100, le=60_000)
     is_active: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        return reject_nulls(data, {"capacity", "motor_duration_ms", "is_active"})
 
 
 class SlotPublic(BaseModel):

@@ -14,7 +14,7 @@ from vendhub.entrypoints.api.schemas import (
     SlotPublic,
     SlotUpdate,
 )
-from vendhub.services import catalog
+from vendhub.services import catalog, kiosk
 
 router = APIRouter(prefix="/api/machines", tags=["machines"])
 SlotNumber = Path(ge=1, le=1000)
@@ -64,3 +64,10 @@ async def put_slot(
 async def push_config(machine_id: str, ctx: CtxDep, _: TechUser) -> dict[str, Any]:
     config = await catalog.push_config(ctx, machine_id)
     return {"success": True, "config": config.model_dump(by_alias=True)}
+
+
+@router.post("/{machine_id}/kiosk-key", status_code=201)
+async def issue_kiosk_key(machine_id: str, ctx: CtxDep, _: AdminUser) -> dict[str, Any]:
+    """A new kiosk key for the machine, shown once (send it as X-Kiosk-Key); rotates the old."""
+    key = await kiosk.issue_kiosk_key(ctx, machine_id)
+    return {"machine_id": machine_id, "kiosk_key": key, "header": "X-Kiosk-Key"}

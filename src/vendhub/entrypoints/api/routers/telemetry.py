@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Query
 
 from vendhub.entrypoints.api.deps import CtxDep, CurrentUser
+from vendhub.entrypoints.api.schemas import SafeDatetime
 from vendhub.services import reports
 from vendhub.services.errors import InvalidRequest, NotFound
 
@@ -19,7 +19,7 @@ async def telemetry(
     machine_id: str,
     ctx: CtxDep,
     _: CurrentUser,
-    since: datetime | None = None,
+    since: SafeDatetime | None = None,
     limit: int = Query(default=100, ge=1, le=5000),
 ) -> list[dict[str, Any]]:
     if since is not None and since.tzinfo is None:
