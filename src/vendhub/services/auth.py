@@ -21,7 +21,13 @@ from vendhub.services.rows import every, first
 
 _hasher = PasswordHasher()
 ALGORITHM = "HS256"
-_dummy_hash: str | None = None
+# A hash of a random, forgotten password with the hasher's parameters: unknown usernames are
+# verified against it, so they cost the same as known ones from the very first request.
+_DUMMY_HASH = (
+    "$argon2id$v=19$m=65536,t=3,p=4$fQM4A+pKwRV5UBjRDvzBNg"
+    "$0NdYohrg7obWxdItotu8sa9Np0MCA8w7hwpCXWD2QIs"
+)
+_dummy_hash: str | None = None if _hasher.check_needs_rehash(_DUMMY_HASH) else _DUMMY_HASH
 
 
 class Role(StrEnum):
