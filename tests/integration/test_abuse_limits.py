@@ -289,3 +289,16 @@ async def test_kiosk_key_exempts_from_caps_but_holds_one_open_order(
         assert rotated.json()["kiosk_key"] != key
         old = await client.post("/api/orders", json={"slot_number": 1}, headers=kiosk)
         assert_error(old, 401)
+
+
+async def test_every_public_endpoint_shares_the_default_per_client_limit(sqlite_url: str) -> None:
+    async with edge(sqlite_url, rate_limit_default="5/minute") as (client, _):
+        for path in ("/api/products", "/api/products/available", "/api/orders/NOPE") * 2:
+            response = await client.get(path)
+            if response.status_code == 429:
+                break
+        assert_error(response, 429, "rate_limited")
+        assert int(response.headers["Retry-After"]) >= 1
+        # Liveness, readiness and metrics are never limited (probes and scrapers poll them).
+        for _ in range(10):
+            assert (await client.get("/health")).status_code == 200
