@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes sure Mosquitto, PostgreSQL and MariaDB answer on 127.0.0.1, starting any that does not.
+# Makes sure Mosquitto, PostgreSQL, MariaDB and Redis answer on 127.0.0.1, starting any that does not.
 set -uo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -39,7 +39,13 @@ if ! port_open 3306; then
   echo "services: starting MariaDB"
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
 fi
+if ! port_open 6379; then
+  # Redis: rate-limit counters shared by replicas (REDIS_URL); its test needs one.
+  need_pkg redis-server redis-server
+  echo "services: starting Redis"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+fi
 # firmware/test-micropython.sh runs the firmware's tests under MicroPython's WebAssembly port.
 need_pkg node nodejs
 need_pkg npm npm
-wait_port 1883 && wait_port 5432 && wait_port 3306
+wait_port 1883 && wait_port 5432 && wait_port 3306 && wait_port 6379

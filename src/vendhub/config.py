@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Literal
 from urllib.parse import quote_plus, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -130,6 +131,40 @@ class Settings(BaseSettings):
             )
         return value.strip()
 
+    # Security: abuse limits, operator accounts, input limits, headers (README "Security").
+    redis_url: str | None = None  # rate-limit counters shared by replicas; memory if unset
+    trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For we believe, comma-separated
+    rate_limit_default: str = "120/minute"  # every request, per client address
+    rate_limit_orders: str = "10/minute"  # order creation and cancellation, per client
+    rate_limit_webhook: str = "600/minute"  # payment notifications, per client
+    login_limit_per_username: str = "5/minute"  # failed logins of one username
+    login_limit_per_client: str = "20/minute"  # login attempts from one client
+    anon_max_unpaid_units: int = Field(default=2, ge=1, le=100)
+    cors_origins: str = ""  # comma-separated origins allowed by CORS; none when empty
+    metrics_token: str | None = None  # when set, /metrics needs "Authorization: Bearer …"
+    max_json_depth: int = Field(default=32, ge=2, le=1000)
+
+    @model_validator(mode="after")
+    def _check_security_settings(self) -> Settings:
+        from limits import parse
+
+        for name in (
+            "rate_limit_default",
+            "rate_limit_orders",
+            "rate_limit_webhook",
+            "login_limit_per_username",
+            "login_limit_per_client",
+        ):
+            try:
+                parse(getattr(self, name))
+            except ValueError:
+                raise ConfigError(f"{name.upper()} is not a rate such as 10/minute") from None
+        try:
+            self.trusted_proxy_networks  # noqa: B018 - parsed for its errors
+        except ValueError as exc:
+            raise ConfigError(f"TRUSTED_PROXIES: {exc}") from None
+        return self
+
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
         self._check_environment()
@@ -216,6 +251,14 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{self.sqlite_path}"
 
     @property
+    def trusted_proxy_networks(self) -> list[IPv4Network | IPv6Network]:
+        return [ip_network(c.strip(), strict=False) for c in _items(self.trusted_proxies)]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return _items(self.cors_origins)
+
+    @property
     def embedded_broker(self) -> bool:
         return self.mqtt_broker_url.strip().lower() in ("", EMBEDDED)
 
@@ -266,6 +309,10 @@ def _midtrans_key_problems(server_key: str, client_key: str, is_production: bool
     elif client_key and client_key.startswith("SB-") == is_production:
         problems.append(f"MIDTRANS_CLIENT_KEY is not a {want} key but {flag}")
     return problems
+
+
+def _items(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def default_mqtt_port(scheme: str | None) -> int:

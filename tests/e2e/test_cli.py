@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +68,57 @@ def test_seed_demo_twice_is_idempotent(tmp_path: Path) -> None:
         assert conn.execute("SELECT id FROM machines").fetchall() == [("VM01",)]
 
 
-async def test_users_create_admin_makes_an_account_that_can_log_in(tmp_path: Path) -> None:
+def typed_in(
+    args: list[str], typed: str, env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """`vendhub <args>` with `typed` on its standard input (answers to its prompts)."""
+    return subprocess.run(
+        [*VENDHUB, *args],
+        env=env,
+        cwd=cwd,
+        input=typed,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_users_create_admin_takes_the_password_from_env_or_prompt_never_an_argument(
+    tmp_path: Path,
+) -> None:
     env, cwd = sqlite_env(tmp_path), elsewhere(tmp_path)
     assert vendhub("db", "upgrade", env=env, cwd=cwd).returncode == 0
-    done = vendhub(
+    as_argument = vendhub(
         "users", "create-admin", "--username", "opsx", "--password", "Tr0ub4dor&3", env=env, cwd=cwd
+    )
+    assert as_argument.returncode == 2 and "--password" in as_argument.stderr
+    done = vendhub(
+        "users",
+        "create-admin",
+        "--username",
+        "opsx",
+        env={**env, "VENDHUB_USER_PASSWORD": "Tr0ub4dor&3"},
+        cwd=cwd,
     )
     assert done.returncode == 0, done.stderr
     again = vendhub(
-        "users", "create-admin", "--username", "opsx", "--password", "other-pass", env=env, cwd=cwd
+        "users",
+        "create-admin",
+        "--username",
+        "opsx",
+        env={**env, "VENDHUB_USER_PASSWORD": "other-pass"},
+        cwd=cwd,
     )
     assert again.returncode == 1 and "Traceback" not in again.stderr
+    prompted = typed_in(
+        ["users", "create-admin", "--username", "tech1", "--role", "TECHNICIAN"],
+        "prompted-pass-1\nprompted-pass-1\n",
+        env,
+        cwd,
+    )
+    assert prompted.returncode == 0, prompted.stderr
+    assert "prompted-pass-1" not in prompted.stdout + prompted.stderr
 
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}")
     try:
@@ -86,6 +127,8 @@ async def test_users_create_admin_makes_an_account_that_can_log_in(tmp_path: Pat
         assert (user["username"], user["role"]) == ("opsx", "SUPER_ADMIN")
         with pytest.raises(Unauthorized):
             await auth.authenticate(ctx, "opsx", "other-pass")
+        tech = await auth.authenticate(ctx, "tech1", "prompted-pass-1")
+        assert tech["role"] == "TECHNICIAN"
     finally:
         await engine.dispose()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -128,6 +129,10 @@ def api_settings(database_url: str, **overrides: Any) -> Any:
         "debug_endpoints": True,
         "midtrans_server_key": SERVER_KEY,
         "public_base_url": "http://testserver",
+        # Tests make many requests from one address; the limits' own tests set them low.
+        "rate_limit_default": "100000/minute",
+        "rate_limit_orders": "100000/minute",
+        "anon_max_unpaid_units": 100,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -160,12 +165,46 @@ async def add_user(ctx: ServiceContext, username: str, password: str, role: str)
 
 
 def bearer(container: Any, user_id: str, role: str, username: str = "op") -> dict[str, str]:
+    """A token for `user_id`, whose account is created (or given `role`) first: every request
+    checks the account, so a token of a user that does not exist is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from vendhub.services import auth
 
-    token = auth.issue_token(
-        {"id": user_id, "username": username, "role": role}, JWT_SECRET, container.ctx, 60
-    )
+    url = container.settings.resolved_database_url
+    with ThreadPoolExecutor(1) as pool:  # called from running event loops: its own loop
+        version = pool.submit(asyncio.run, _ensure_user(url, user_id, role, username)).result()
+    user = {"id": user_id, "username": username, "role": role, "token_version": version}
+    token = auth.issue_token(user, JWT_SECRET, container.ctx, 60)
     return {"Authorization": f"Bearer {token}"}
+
+
+async def _ensure_user(url: str, user_id: str, role: str, username: str) -> int:
+    from datetime import UTC, datetime
+
+    from vendhub.adapters.db.engine import create_engine
+    from vendhub.adapters.db.tables import users
+
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            row = (await conn.execute(sa.select(users).where(users.c.id == user_id))).first()
+            if row is not None:
+                await conn.execute(sa.update(users).where(users.c.id == user_id).values(role=role))
+                return int(row.token_version)
+            taken = await conn.scalar(sa.select(users.c.id).where(users.c.username == username))
+            await conn.execute(
+                sa.insert(users).values(
+                    id=user_id,
+                    username=user_id if taken else username,
+                    password_hash="!unusable",
+                    role=role,
+                    created_at=datetime.now(UTC),
+                )
+            )
+            return 0
+    finally:
+        await engine.dispose()
 
 
 @asynccontextmanager

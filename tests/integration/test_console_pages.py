@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from tests.integration.helpers import add_user, api_client, outbox_rows, pay, quick_shop, report
 from vendhub.adapters.db.tables import refunds as refunds_table
 from vendhub.protocol.messages import StatusMessage
-from vendhub.services import accounts, alerts, catalog, fleet, overview, refunds
+from vendhub.services import alerts, auth, catalog, fleet, overview, refunds
 from vendhub.services.alerts import Severity
 from vendhub.services.checkout import checkout
 from vendhub.services.orders import OrderLine
@@ -272,7 +272,7 @@ async def test_admins_manage_users_but_not_super_admins_nor_themselves(
         data={"csrf": token, "username": "root2", "password": "root-pass-1", "role": "SUPER_ADMIN"},
     )
     assert "err=" in escalate.headers["location"]
-    users = {u["username"]: u for u in await accounts.list_users(container.ctx)}
+    users = {u["username"]: u for u in await auth.list_users(container.ctx)}
     assert "root2" not in users and users["tech1"]["role"] == "TECHNICIAN"
     tech = users["tech1"]["id"]
     await http.post(f"/console/users/{tech}/role", data={"csrf": token, "role": "INVENTORY"})
@@ -283,7 +283,7 @@ async def test_admins_manage_users_but_not_super_admins_nor_themselves(
     )
     assert "err=" in mine.headers["location"]
     await http.post(f"/console/users/{tech}/active", data={"csrf": token})  # deactivate
-    users = {u["username"]: u for u in await accounts.list_users(container.ctx)}
+    users = {u["username"]: u for u in await auth.list_users(container.ctx)}
     assert users["tech1"]["role"] == "INVENTORY" and not users["tech1"]["is_active"]
     assert users["admin"]["is_active"] and users["boss"]["role"] == "ADMIN"
     http.cookies.clear()

@@ -349,25 +349,32 @@ async def http(
 
 
 async def create(client: httpx.AsyncClient) -> str:
+    return (await create_with_token(client))[0]
+
+
+async def create_with_token(client: httpx.AsyncClient) -> tuple[str, dict[str, str]]:
+    """The new order's id and the header that carries its access token."""
     response = await client.post("/api/orders", json={"slot_number": 1})
     assert response.status_code == 201, response.text
-    return str(response.json()["order_id"])
+    body = response.json()
+    return str(body["order_id"]), {"X-Order-Token": body["access_token"]}
 
 
 async def test_cancel_endpoint_cancels_pending_order_and_refuses_a_paid_one(
     http: tuple[httpx.AsyncClient, Any, dict[str, str]],
 ) -> None:
-    client, container, _ = http
-    pending_id = await create(client)
-    response = await client.post(f"/api/payments/cancel/{pending_id}")
+    client, container, tech = http
+    pending_id, token = await create_with_token(client)
+    response = await client.post(f"/api/payments/cancel/{pending_id}", headers=token)
     assert response.status_code == 200
     assert response.json() == {"success": True, "order_id": pending_id, "status": "CANCELLED"}
     assert (await client.get(f"/api/orders/{pending_id}")).json()["status"] == "CANCELLED"
-    assert_error(await client.post(f"/api/payments/cancel/{pending_id}"), 409, "conflict")
+    cancel_again = await client.post(f"/api/payments/cancel/{pending_id}", headers=token)
+    assert_error(cancel_again, 409, "conflict")
 
     paid_id = await create(client)
     assert await pay(container.ctx, paid_id, COCA_COLA) == "paid"
-    assert_error(await client.post(f"/api/payments/cancel/{paid_id}"), 409)
+    assert_error(await client.post(f"/api/payments/cancel/{paid_id}", headers=tech), 409)
     assert (await client.get(f"/api/orders/{paid_id}")).json()["status"] == "PENDING_DISPENSE"
     assert (await slot_row(container.ctx, 1))["reserved"] == 1
     assert_error(await client.post("/api/payments/cancel/ORD-NOPE"), 404, "not_found")
@@ -398,7 +405,7 @@ async def test_dispense_trigger_endpoint_moves_waiting_order_and_refuses_pending
 async def test_expired_order_is_shown_expired_over_http(
     http: tuple[httpx.AsyncClient, Any, dict[str, str]],
 ) -> None:
-    client, container, _ = http
+    client, container, tech = http
     order_id = await create(client)
     ctx = container.ctx
     real_clock = ctx.clock
@@ -410,4 +417,4 @@ async def test_expired_order_is_shown_expired_over_http(
     body = (await client.get(f"/api/orders/{order_id}")).json()
     assert body["status"] == "EXPIRED"
     assert body["payment"]["status"] == "EXPIRED"
-    assert_error(await client.post(f"/api/payments/cancel/{order_id}"), 409)
+    assert_error(await client.post(f"/api/payments/cancel/{order_id}", headers=tech), 409)

@@ -280,6 +280,8 @@ async def http(
         await quick_shop(container.ctx, stock=5)
         created = await client.post("/api/orders", json={"slot_number": 1})
         assert created.status_code == 201, created.text
+        # The customer's client: it holds the order's token, so it sees the payment details.
+        client.headers["X-Order-Token"] = created.json()["access_token"]
         yield client, container.ctx, created.json()["order_id"]
 
 

@@ -36,8 +36,9 @@ async def test_an_order_paid_for_an_offline_machine_waits_and_goes_out_when_it_r
     ctx: ServiceContext,
 ) -> None:
     await quick_shop(ctx)
-    await _set_status(ctx, "OFFLINE")
+    # Ordered while it was reachable (orders for an unreachable machine are refused).
     order_id = await order(ctx, slot=1)
+    await _set_status(ctx, "OFFLINE")
     assert await pay(ctx, order_id, 8000) == "paid"
     assert await order_status(ctx, order_id) == "PENDING_DISPENSE"
     assert await outbox_rows(ctx, "dispense") == []
@@ -51,8 +52,9 @@ async def test_an_order_paid_for_an_offline_machine_waits_and_goes_out_when_it_r
 
 async def test_a_machine_in_maintenance_gets_no_commands(ctx: ServiceContext) -> None:
     await quick_shop(ctx)
-    await _set_status(ctx, "MAINTENANCE")
+    # Ordered while it was reachable (orders for an unreachable machine are refused).
     order_id = await order(ctx, slot=1)
+    await _set_status(ctx, "MAINTENANCE")
     await pay(ctx, order_id, 8000)
     assert await outbox_rows(ctx, "dispense") == []
     assert await order_status(ctx, order_id) == "PENDING_DISPENSE"
@@ -62,8 +64,9 @@ async def test_a_unit_that_waits_past_its_queue_deadline_is_failed_and_owed_a_re
     ctx: ServiceContext, clock: FakeClock
 ) -> None:
     await quick_shop(ctx, stock=3)
-    await _set_status(ctx, "OFFLINE")
+    # Ordered while it was reachable (orders for an unreachable machine are refused).
     order_id = await order(ctx, slot=1)
+    await _set_status(ctx, "OFFLINE")
     await pay(ctx, order_id, 8000)
     clock.advance(ctx.tunables.queue_ttl_s - 1)
     assert await commands.give_up_due(ctx) == 0

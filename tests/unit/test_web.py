@@ -12,8 +12,7 @@ from vendhub.entrypoints.web.charts import bar_chart, line_chart
 from vendhub.entrypoints.web.console import safe_next
 from vendhub.entrypoints.web.render import local_time
 from vendhub.entrypoints.web.session import csrf_token, same
-from vendhub.services.accounts import may_grant
-from vendhub.services.auth import Role
+from vendhub.services.auth import Role, may_grant
 
 
 def test_money_is_shown_the_indonesian_way() -> None:

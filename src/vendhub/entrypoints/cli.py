@@ -175,13 +175,23 @@ def seed(
 @users_app.command("create-admin")
 def create_admin(
     username: Annotated[str, typer.Option(prompt=True)],
-    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)],
     role: str = "SUPER_ADMIN",
 ) -> None:
-    """Create an operator account (SUPER_ADMIN by default)."""
+    """Create an operator account (SUPER_ADMIN by default).
+
+    The password comes from VENDHUB_USER_PASSWORD or a hidden prompt, never from an argument
+    (arguments are visible to every local user in `ps`).
+    """
     from vendhub.bootstrap import build
     from vendhub.services.auth import Role, create_user
-    from vendhub.services.errors import Conflict
+    from vendhub.services.errors import Conflict, InvalidRequest
+
+    if role not in Role.__members__:
+        console.print(f"[red]unknown role {role}; one of {', '.join(Role.__members__)}[/red]")
+        raise typer.Exit(2)
+    password = os.environ.get("VENDHUB_USER_PASSWORD") or typer.prompt(
+        "Password", hide_input=True, confirmation_prompt=True
+    )
 
     settings = _settings()
     _ready_database(settings)
@@ -196,7 +206,7 @@ def create_admin(
     with one_line_errors(settings.resolved_database_url):
         try:
             user_id = asyncio.run(run())
-        except Conflict as exc:
+        except (Conflict, InvalidRequest) as exc:
             say(f"error: {exc}")
             raise typer.Exit(1) from None
     say(f"created {role} {username} ({user_id})")

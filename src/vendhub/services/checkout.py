@@ -13,7 +13,7 @@ from vendhub.domain.payments import PaymentStatus
 from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import lock_order
 from vendhub.services.errors import Conflict, NotFound
-from vendhub.services.orders import OrderLine, close_unpaid, place_order
+from vendhub.services.orders import OrderLine, OrderOrigin, close_unpaid, place_order
 from vendhub.services.ports import GatewayError, PaymentLine, PaymentProvider, PaymentRequest
 from vendhub.services.rows import every
 
@@ -30,6 +30,7 @@ async def checkout(
     *,
     customer_phone: str | None,
     payment_method: str | None,
+    origin: OrderOrigin | None = None,
 ) -> str:
     order_id = await place_order(
         ctx,
@@ -38,6 +39,7 @@ async def checkout(
         provider=provider.name,
         customer_phone=customer_phone,
         payment_method=payment_method,
+        origin=origin,
     )
     try:
         await _attach_payment(ctx, provider, order_id)

@@ -27,8 +27,8 @@ from vendhub.domain.payments import PaymentStatus
 from vendhub.services import refunds as refunds_service
 from vendhub.services import stock
 from vendhub.services.context import ServiceContext
-from vendhub.services.dispatch import lock_order, set_order_status
-from vendhub.services.errors import Conflict, InvalidRequest, NotFound
+from vendhub.services.dispatch import UNREACHABLE, lock_machine, lock_order, set_order_status
+from vendhub.services.errors import Conflict, Forbidden, InvalidRequest, NotFound, RateLimited
 from vendhub.services.ids import new_id, new_order_id
 from vendhub.services.passes import isolated
 from vendhub.services.rows import every, first
@@ -42,6 +42,17 @@ class OrderLine:
     quantity: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class OrderOrigin:
+    """Who places an order: `client_key` is a hashed client address, kiosk:{machine} or
+    user:{id}; anonymous clients have a cap on unpaid units, a kiosk one open order."""
+
+    client_key: str
+    access_token_hash: str | None = None
+    max_unpaid_units: int | None = None
+    kiosk_machine: str | None = None
+
+
 async def place_order(
     ctx: ServiceContext,
     machine_id: str | None,
@@ -50,6 +61,7 @@ async def place_order(
     provider: str,
     customer_phone: str | None = None,
     payment_method: str | None = None,
+    origin: OrderOrigin | None = None,
 ) -> str:
     """Reserve stock for every line and create the order, all or nothing."""
     machine_id = machine_id or ctx.tunables.default_machine_id
@@ -62,6 +74,10 @@ async def place_order(
             raise NotFound(f"machine {machine_id} not found")
         if not machine["is_active"]:
             raise Conflict(f"machine {machine_id} is not accepting orders")
+        if machine["status"] in UNREACHABLE:
+            raise Conflict(f"machine {machine_id} is {machine['status']}; it takes no orders now")
+        if origin is not None:
+            await _within_caps(ctx, conn, machine_id, origin, sum(li.quantity for li in lines))
         merged = await _merge_lines(conn, machine_id, lines)
         # Slot rows are locked in one global order (by id), so two orders naming the same
         # slots in opposite orders cannot deadlock each other.
@@ -95,6 +111,8 @@ async def place_order(
                 total_amount=total,
                 customer_phone=customer_phone,
                 payment_method=payment_method,
+                client_key=origin.client_key if origin else None,
+                access_token_hash=origin.access_token_hash if origin else None,
                 expires_at=now + timedelta(seconds=ctx.tunables.order_ttl_s),
                 created_at=now,
                 updated_at=now,
@@ -113,6 +131,55 @@ async def place_order(
             )
         )
     return order_id
+
+
+async def _within_caps(
+    ctx: ServiceContext, conn: AsyncConnection, machine_id: str, origin: OrderOrigin, units: int
+) -> None:
+    """A kiosk holds one open order; an anonymous client few unpaid units per machine."""
+    if origin.kiosk_machine is None and origin.max_unpaid_units is None:
+        return
+    # The machine row lock serialises concurrent orders of one client at this machine.
+    await lock_machine(conn, machine_id)
+    open_orders = sa.and_(
+        orders.c.machine_id == machine_id,
+        orders.c.client_key == origin.client_key,
+        orders.c.status == OrderStatus.PENDING.value,
+    )
+    if origin.kiosk_machine is not None:
+        if origin.kiosk_machine != machine_id:
+            raise Forbidden(f"this kiosk key belongs to machine {origin.kiosk_machine}")
+        held = await conn.scalar(sa.select(sa.func.count()).select_from(orders).where(open_orders))
+        if held:
+            raise Conflict("this kiosk already has an open order; pay or cancel it first")
+        return
+    assert origin.max_unpaid_units is not None
+    held_units, first_expiry = (
+        await conn.execute(
+            sa.select(sa.func.sum(order_items.c.quantity), sa.func.min(orders.c.expires_at))
+            .select_from(orders.join(order_items, order_items.c.order_id == orders.c.id))
+            .where(open_orders)
+        )
+    ).one()
+    if (held_units or 0) + units > origin.max_unpaid_units:
+        wait = (first_expiry - ctx.clock()).total_seconds() if first_expiry else 60.0
+        raise RateLimited(
+            f"at most {origin.max_unpaid_units} unpaid units per client at machine {machine_id}; "
+            "pay or cancel an open order first",
+            max(1.0, wait),
+        )
+
+
+async def access_info(ctx: ServiceContext, order_id: str) -> tuple[str, str | None] | None:
+    """(machine_id, access_token_hash) of an order, or None if there is no such order."""
+    async with ctx.engine.connect() as conn:
+        row = await first(
+            conn,
+            sa.select(orders.c.machine_id, orders.c.access_token_hash).where(
+                orders.c.id == order_id
+            ),
+        )
+    return (row["machine_id"], row["access_token_hash"]) if row else None
 
 
 async def _merge_lines(

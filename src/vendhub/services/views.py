@@ -129,17 +129,19 @@ class OrderSummaryView(View):
 
 
 class PaymentView(View):
+    """An order's payment; without the order's access token only the first four are shown."""
+
     order_id: str
     provider: str
     status: str
     amount: int
-    transaction_id: str | None
-    payment_type: str | None
-    redirect_url: str | None
-    qr_string: str | None
-    qr_url: str | None
-    gateway_expires_at: datetime | None
-    paid_at: datetime | None
+    transaction_id: str | None = None
+    payment_type: str | None = None
+    redirect_url: str | None = None
+    qr_string: str | None = None
+    qr_url: str | None = None
+    gateway_expires_at: datetime | None = None
+    paid_at: datetime | None = None
 
 
 class ProductView(View):

@@ -38,6 +38,8 @@ machines = sa.Table(
     sa.Column("telemetry_interval_s", sa.Integer, nullable=False, server_default="60"),
     _now_col(),
     _now_col("updated_at"),
+    # sha256 of the machine's kiosk key (migration 0006); the key itself is shown once.
+    sa.Column("kiosk_key_hash", sa.String(64), unique=True),
 )
 
 products = sa.Table(
@@ -98,6 +100,11 @@ orders = sa.Table(
     sa.Index(None, "status", "expires_at"),
     sa.Index(None, "machine_id", "created_at"),
     sa.CheckConstraint("total_amount >= 0", name="total_nonnegative"),
+    # Who placed it (a hashed client address, or kiosk:{machine}) and the sha256 of the
+    # order's access token (migration 0006): caps per client, anonymous reads and cancels.
+    sa.Column("client_key", sa.String(64)),
+    sa.Column("access_token_hash", sa.String(64)),
+    sa.Index(None, "machine_id", "client_key", "status"),
 )
 
 order_items = sa.Table(
@@ -357,6 +364,8 @@ users = sa.Table(
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.true()),
     _now_col(),
+    # Bumped on deactivation, role or password change: older tokens stop working (0006).
+    sa.Column("token_version", sa.Integer, nullable=False, server_default="0"),
 )
 
 # One MQTT login per machine (username = machine id); only Mosquitto's hash of the password.

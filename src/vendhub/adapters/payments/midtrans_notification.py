@@ -46,7 +46,8 @@ def from_status(body: bytes, server_key: str) -> Notification:
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
+        # Not UTF-8, not JSON, an integer too long to convert, or nested too deep.
         raise InvalidNotification("body is not UTF-8 JSON") from None
     if not isinstance(data, dict):
         raise InvalidNotification("body is not a JSON object")
@@ -88,7 +89,27 @@ def _refund_fields(
     return (total if total is not None else 0), keys, tuple(items)
 
 
+# The columns these fields are stored in; anything longer (or holding NUL) is refused.
+FIELD_LIMITS = {
+    "order_id": 40,
+    "transaction_id": 64,
+    "transaction_status": 32,
+    "fraud_status": 32,
+    "status_code": 8,
+    "gross_amount": 32,
+    "payment_type": 32,
+}
+
+
+def _check_fields(data: Mapping[str, Any]) -> None:
+    for key, limit in FIELD_LIMITS.items():
+        value = data.get(key)
+        if isinstance(value, str) and (len(value) > limit or "\x00" in value):
+            raise InvalidNotification(f"{key} is longer than {limit} characters or holds NUL")
+
+
 def _normalise(data: Mapping[str, Any], body: bytes, source: str = "webhook") -> Notification:
+    _check_fields(data)
     fraud = data.get("fraud_status")
     refund_amount, refund_keys, refund_items = _refund_fields(data)
     return Notification(

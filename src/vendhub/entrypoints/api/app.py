@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from vendhub import __version__
 from vendhub.bootstrap import Container, build
 from vendhub.config import Settings
-from vendhub.entrypoints.api import errors
+from vendhub.entrypoints.api import errors, security
 from vendhub.entrypoints.api.routers import (
     alerts,
     auth,
@@ -58,7 +59,18 @@ def create_app(
     )
     app.state.container = the_container
     errors.install(app)
-    _limit_body_size(app, settings.max_body_bytes)
+    app.state.limits = security.RateLimits(settings)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Order-Token", "X-Kiosk-Key"],
+        )
+    # Outermost: headers on every response, limits before anything reads the body.
+    app.add_middleware(
+        security.EdgeGuard, settings=settings, limits=app.state.limits, ctx=the_container.ctx
+    )
     for module in (
         health,
         auth,
@@ -79,16 +91,3 @@ def create_app(
     app.include_router(telemetry.temperature_router)
     web.install(app, settings.display_tz)
     return app
-
-
-def _limit_body_size(app: FastAPI, limit: int) -> None:
-    @app.middleware("http")
-    async def check(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return errors.error_response(
-                413, "payload_too_large", f"request body larger than {limit} bytes"
-            )
-        return await call_next(request)

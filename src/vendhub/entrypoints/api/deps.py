@@ -33,16 +33,28 @@ def get_ctx(container: ContainerDep) -> ServiceContext:
 CtxDep = Annotated[ServiceContext, Depends(get_ctx)]
 
 
-def current_user(
+async def current_user(
     container: ContainerDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> dict[str, Any]:
     if credentials is None:
         raise Unauthorized("missing bearer token")
-    return auth.read_token(credentials.credentials, container.settings.jwt_secret)
+    claims = auth.read_token(credentials.credentials, container.settings.jwt_secret)
+    return await auth.current_operator(container.ctx, claims)
+
+
+async def optional_user(
+    container: ContainerDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> dict[str, Any] | None:
+    """The operator when a bearer token is sent (a bad one is still a 401), else None."""
+    if credentials is None:
+        return None
+    return await current_user(container, credentials)
 
 
 CurrentUser = Annotated[dict[str, Any], Depends(current_user)]
+OptionalUser = Annotated[dict[str, Any] | None, Depends(optional_user)]
 
 
 def require(*roles: Role) -> Callable[..., Coroutine[Any, Any, dict[str, Any]]]:
@@ -71,6 +83,7 @@ async def debug_enabled(request: Request, container: ContainerDep) -> None:
         if creds is None:
             raise Unauthorized("missing bearer token")
         claims = auth.read_token(creds.credentials, container.settings.jwt_secret)
+        claims = await auth.current_operator(container.ctx, claims)
         if claims["role"] not in (Role.ADMIN.value, Role.SUPER_ADMIN.value):
             raise Forbidden("debug endpoints are admin-only in production")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,7 +13,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vendhub.adapters.mqtt.client import MqttNotConnected, MqttPublishError
 from vendhub.domain.model import DomainError, IllegalTransition, OutOfStock
-from vendhub.services.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
+from vendhub.services.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+)
 from vendhub.services.ports import GatewayError, InvalidNotification
 
 log = logging.getLogger(__name__)
@@ -25,6 +33,7 @@ STATUS = {
     InvalidRequest: 422,
     Unauthorized: 401,
     Forbidden: 403,
+    RateLimited: 429,
 }
 
 
@@ -40,7 +49,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
         status = next((s for t, s in STATUS.items() if isinstance(exc, t)), 400)
-        return error_response(status, exc.code, str(exc), getattr(exc, "details", None))
+        response = error_response(status, exc.code, str(exc), getattr(exc, "details", None))
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return response
 
     @app.exception_handler(InvalidNotification)
     async def _notification(_: Request, exc: InvalidNotification) -> JSONResponse:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from vendhub.protocol.messages import PresenceStatus
 from vendhub.services.auth import Role
@@ -17,6 +17,25 @@ from vendhub.services.views import (
 )
 
 Strict = ConfigDict(extra="forbid", strict=True)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+BIGINT_MAX = 2**63 - 1
+
+
+def _in_utc_range(value: datetime) -> datetime:
+    """An aware datetime in UTC, within what every database stores (a naive one is left
+    naive, for the handler to judge)."""
+    try:
+        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("datetime is out of range") from None
+    if not EARLIEST <= utc < LATEST:
+        raise ValueError("datetime must be between 1970 and 9999")
+    return value if value.tzinfo is None else utc
+
+
+# Use for every datetime a client sends: out-of-range values are a 422, not an overflow.
+SafeDatetime = Annotated[datetime, AfterValidator(_in_utc_range)]
 
 
 def _seed_id(value: Any) -> Any:
@@ -56,6 +75,24 @@ class UserPublic(BaseModel):
     id: str
     username: str | None
     role: str
+
+
+class UserAccount(BaseModel):
+    """An operator account as the users API shows it (never its password hash)."""
+
+    id: str
+    username: str | None
+    role: str
+    is_active: bool
+    created_at: datetime | None = None
+
+
+class KioskKeyIssued(BaseModel):
+    """A machine's kiosk key, shown once; the server keeps only its hash."""
+
+    machine_id: str
+    kiosk_key: str
+    header: str = "X-Kiosk-Key"
 
 
 class TokenResponse(BaseModel):
@@ -185,9 +222,13 @@ class OrderPublic(OrderStatusPublic):
     payment: PaymentInfo | None
     # The money ledger (payment_receipts, units, refunds): every payment of any transaction,
     # what is still owed back, and refunds held for an operator after a late drop.
-    paid_amount: int = 0
-    refund_owed: int = 0
-    refund_held: int = 0
+    # (None in the public view of an order read without its access token.)
+    paid_amount: int | None = None
+    refund_owed: int | None = None
+    refund_held: int | None = None
+    # Only in the creation response: the secret that reads and cancels this order anonymously
+    # (send it as X-Order-Token or ?token=); the server keeps only its hash.
+    access_token: str | None = None
 
 
 class MachineCreate(BaseModel):
@@ -204,6 +245,11 @@ class MachineUpdate(BaseModel):
     location: str | None = Field(default=None, max_length=255)
     is_active: bool | None = None
     telemetry_interval_s: int | None = Field(default=None, ge=5, le=3600)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        return reject_nulls(data, {"name", "is_active", "telemetry_interval_s"})
 
 
 class MachinePublic(BaseModel):
@@ -228,9 +274,14 @@ class SlotUpdate(BaseModel):
     model_config = Strict
     product_id: str | None = Field(default=None, max_length=40)
     capacity: int | None = Field(default=None, ge=0, le=1000)
-    price_override: int | None = Field(default=None, ge=0)
+    price_override: int | None = Field(default=None, ge=0, le=100_000_000)
     motor_duration_ms: int | None = Field(default=None, ge=100, le=60_000)
     is_active: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        return reject_nulls(data, {"capacity", "motor_duration_ms", "is_active"})
 
 
 class SlotPublic(BaseModel):
@@ -348,6 +399,27 @@ class UserCreate(BaseModel):
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=8, max_length=256)
     role: Role = Field(strict=False)
+
+
+class UserUpdate(BaseModel):
+    model_config = Strict
+    is_active: bool | None = None
+    role: Role | None = Field(default=None, strict=False)
+    password: str | None = Field(default=None, min_length=8, max_length=256)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        return reject_nulls(data, {"is_active", "role", "password"})
+
+
+def reject_nulls(data: Any, not_null: set[str]) -> Any:
+    """An explicit null for a column that cannot hold one is a 422, not a database error."""
+    if isinstance(data, dict):
+        nulls = sorted(k for k in not_null if k in data and data[k] is None)
+        if nulls:
+            raise ValueError(f"{', '.join(nulls)} cannot be null")
+    return data
 
 
 class SimulatedResult(BaseModel):

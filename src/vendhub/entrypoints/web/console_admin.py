@@ -11,7 +11,7 @@ from vendhub.entrypoints.api.deps import ContainerDep
 from vendhub.entrypoints.web.console import act, page
 from vendhub.entrypoints.web.render import Pages
 from vendhub.entrypoints.web.session import Operator, checked_form, require_role
-from vendhub.services import accounts, auth, catalog, overview
+from vendhub.services import auth, catalog, overview
 from vendhub.services.auth import Role
 from vendhub.services.errors import InvalidRequest
 
@@ -88,8 +88,8 @@ async def users_page(
         "users.html",
         user,
         "users",
-        users=await accounts.list_users(container.ctx),
-        roles=[r.value for r in Role if accounts.may_grant(user["role"], r)],
+        users=await auth.list_users(container.ctx),
+        roles=[r.value for r in Role if auth.may_grant(user["role"], r)],
     )
 
 
@@ -106,13 +106,16 @@ async def create_user(request: Request, user: Operator, container: ContainerDep)
     values = await checked_form(request, user)
 
     async def work() -> None:
-        role = _role(values)
-        if not accounts.may_grant(user["role"], role):
-            raise InvalidRequest("only a SUPER_ADMIN may create a SUPER_ADMIN")
         username = values.get("username", "").strip()
         if not username or len(username) > 64:
             raise InvalidRequest("a username has 1 to 64 characters")
-        await auth.create_user(container.ctx, username, values.get("password", "")[:256], role)
+        await auth.create_user(
+            container.ctx,
+            username,
+            values.get("password", "")[:256],
+            _role(values),
+            actor_role=user["role"],
+        )
 
     return await act("/console/users", work(), "user created")
 
@@ -125,7 +128,7 @@ async def change_role(
     values = await checked_form(request, user)
 
     async def work() -> None:
-        await accounts.set_role(container.ctx, user_id, _role(values), user)
+        await auth.update_user(container.ctx, user, user_id, {"role": _role(values).value})
 
     return await act("/console/users", work(), "role changed")
 
@@ -137,5 +140,5 @@ async def set_active(
     require_role(user, Role.ADMIN)
     values = await checked_form(request, user)
     on = values.get("active") == "on"
-    work = accounts.set_active(container.ctx, user_id, on, user)
+    work = auth.update_user(container.ctx, user, user_id, {"is_active": on})
     return await act("/console/users", work, "user activated" if on else "user deactivated")

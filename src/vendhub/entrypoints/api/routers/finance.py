@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from vendhub.entrypoints.api.deps import CtxDep, CurrentUser
 from vendhub.entrypoints.api.replies import FinanceSummary
+from vendhub.entrypoints.api.schemas import SafeDatetime
 from vendhub.services import finance
 from vendhub.services.errors import InvalidRequest
 
@@ -20,8 +20,8 @@ async def summary(
     ctx: CtxDep,
     _: CurrentUser,
     machine_id: str | None = None,
-    start: Annotated[datetime | None, Query(alias="from")] = None,
-    end: Annotated[datetime | None, Query(alias="to")] = None,
+    start: Annotated[SafeDatetime | None, Query(alias="from")] = None,
+    end: Annotated[SafeDatetime | None, Query(alias="to")] = None,
 ) -> FinanceSummary:
     """Payments received in [from, to): gross, refunded, net, units per product, failure rate."""
     for value in (start, end):

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Path, Response
 from vendhub.entrypoints.api.deps import AdminUser, CtxDep, CurrentUser, TechUser, WindowDep
 from vendhub.entrypoints.api.replies import ConfigPushed, MachineStatusChanged, Page, SlotAssigned
 from vendhub.entrypoints.api.schemas import (
+    KioskKeyIssued,
     MachineCreate,
     MachineCredentials,
     MachinePublic,
@@ -16,7 +17,7 @@ from vendhub.entrypoints.api.schemas import (
     SlotPublic,
     SlotUpdate,
 )
-from vendhub.services import broker_credentials, catalog, fleet
+from vendhub.services import broker_credentials, catalog, fleet, kiosk
 from vendhub.services.views import Slice
 
 router = APIRouter(prefix="/api/machines", tags=["machines"])
@@ -103,3 +104,13 @@ async def issue_credentials(
     issued = await broker_credentials.issue_machine_credentials(ctx, machine_id)
     response.headers["Cache-Control"] = "no-store"
     return MachineCredentials(username=issued.username, password=issued.password)
+
+
+@router.post("/{machine_id}/kiosk-key", status_code=201)
+async def issue_kiosk_key(
+    machine_id: str, ctx: CtxDep, _: AdminUser, response: Response
+) -> KioskKeyIssued:
+    """A new kiosk key for the machine, shown once (send it as X-Kiosk-Key); rotates the old."""
+    key = await kiosk.issue_kiosk_key(ctx, machine_id)
+    response.headers["Cache-Control"] = "no-store"
+    return KioskKeyIssued(machine_id=machine_id, kiosk_key=key)

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from vendhub.domain.model import OrderStatus, RefundStatus
+from vendhub.entrypoints.api.access import OrderAccess, OriginDep
 from vendhub.entrypoints.api.deps import AdminUser, ContainerDep, CtxDep, CurrentUser, WindowDep
 from vendhub.entrypoints.api.replies import Page, RefundResponse
 from vendhub.entrypoints.api.schemas import (
@@ -42,6 +43,12 @@ STATUS_FIELDS = (
 def order_status_public(order: dict[str, Any]) -> OrderStatusPublic:
     """The fields anyone polling the order may see (the seed's kiosk fields among them)."""
     return OrderStatusPublic(**_status_fields(order))
+
+
+def public_order(order: dict[str, Any]) -> OrderPublic:
+    """The order as an anonymous reader without its token sees it: the public status fields,
+    nothing that identifies the customer, their payment or the order's refunds."""
+    return OrderPublic(**_status_fields(order), refunds=[], payment=None)
 
 
 def order_public(order: dict[str, Any]) -> OrderPublic:
@@ -85,7 +92,9 @@ async def load(ctx: ServiceContext, order_id: str) -> OrderPublic:
 
 
 @router.post("", status_code=201)
-async def create_order(body: OrderCreate, container: ContainerDep) -> OrderPublic:
+async def create_order(
+    body: OrderCreate, container: ContainerDep, origin: OriginDep
+) -> OrderPublic:
     line = OrderLine(slot_number=body.slot_number, slot_id=body.slot_id, quantity=body.quantity)
     order_id = await checkout(
         container.ctx,
@@ -94,12 +103,17 @@ async def create_order(body: OrderCreate, container: ContainerDep) -> OrderPubli
         [line],
         customer_phone=body.customer_phone,
         payment_method=body.payment_method,
+        origin=origin.order,
     )
-    return await load(container.ctx, order_id)
+    return (await load(container.ctx, order_id)).model_copy(
+        update={"access_token": origin.access_token}
+    )
 
 
 @router.post("/multi", status_code=201)
-async def create_multi_order(body: MultiOrderCreate, container: ContainerDep) -> OrderPublic:
+async def create_multi_order(
+    body: MultiOrderCreate, container: ContainerDep, origin: OriginDep
+) -> OrderPublic:
     lines = [
         OrderLine(slot_number=i.slot_number, slot_id=i.slot_id, quantity=i.quantity)
         for i in body.items
@@ -111,8 +125,11 @@ async def create_multi_order(body: MultiOrderCreate, container: ContainerDep) ->
         lines,
         customer_phone=body.customer_phone,
         payment_method=body.payment_method,
+        origin=origin.order,
     )
-    return await load(container.ctx, order_id)
+    return (await load(container.ctx, order_id)).model_copy(
+        update={"access_token": origin.access_token}
+    )
 
 
 @router.get("")
@@ -141,8 +158,10 @@ async def machine_orders(
 
 
 @router.get("/{order_id}")
-async def get_order(order_id: str, ctx: CtxDep) -> OrderPublic:
-    return await load(ctx, order_id)
+async def get_order(order_id: str, ctx: CtxDep, full: OrderAccess) -> OrderPublic:
+    """Everyone sees the status; details need the order's token, its kiosk or an operator."""
+    order = await orders.get_order(ctx, order_id)
+    return order_public(order) if full else public_order(order)
 
 
 @router.post("/{order_id}/refund")

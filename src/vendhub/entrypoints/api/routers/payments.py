@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from vendhub.adapters.payments.sandbox import SandboxProvider
 from vendhub.domain.model import OrderStatus
+from vendhub.entrypoints.api.access import OrderAccess, require_order_access
 from vendhub.entrypoints.api.deps import ContainerDep, CtxDep
 from vendhub.entrypoints.api.replies import OrderCancelled, PaymentOutcome, PaymentVerified
 from vendhub.entrypoints.api.routers.orders import load, order_status_public
@@ -35,7 +36,7 @@ async def webhook(request: Request, container: ContainerDep) -> PaymentOutcome:
     return PaymentOutcome(outcome=outcome.value)
 
 
-@router.patch("/method/{order_id}")
+@router.patch("/method/{order_id}", dependencies=[Depends(require_order_access)])
 async def change_method(
     order_id: str, body: PaymentMethodChange, container: ContainerDep
 ) -> OrderPublic:
@@ -62,11 +63,18 @@ async def verify(
 
 
 @router.get("/{order_id}")
-async def payment_status(order_id: str, ctx: CtxDep) -> PaymentView:
-    return await orders.payment_of(ctx, order_id)
+async def payment_status(order_id: str, ctx: CtxDep, full: OrderAccess) -> PaymentView:
+    """Everyone sees provider, status and amount; the payment's details need the order's
+    token, its kiosk or an operator."""
+    payment = await orders.payment_of(ctx, order_id)
+    if full:
+        return payment
+    return PaymentView.model_validate(
+        {k: getattr(payment, k) for k in ("order_id", "provider", "status", "amount")}
+    )
 
 
-@router.post("/cancel/{order_id}")
+@router.post("/cancel/{order_id}", dependencies=[Depends(require_order_access)])
 async def cancel(order_id: str, container: ContainerDep) -> OrderCancelled:
     await orders.cancel_order(container.ctx, order_id)
     # Best effort now; if the gateway is unreachable the payment jobs keep trying.

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter
 
 from vendhub.entrypoints.api.deps import CtxDep, CurrentUser, WindowDep
 from vendhub.entrypoints.api.replies import Page, TemperaturePage
+from vendhub.entrypoints.api.schemas import SafeDatetime
 from vendhub.services import reports, retention
 from vendhub.services.errors import InvalidRequest, NotFound
 from vendhub.services.views import HourlyView, TelemetryView, Window
@@ -22,7 +21,7 @@ async def telemetry(
     ctx: CtxDep,
     _: CurrentUser,
     page: WindowDep,
-    since: datetime | None = None,
+    since: SafeDatetime | None = None,
 ) -> Page[TelemetryView]:
     if since is not None and since.tzinfo is None:
         raise InvalidRequest("since must carry a timezone (e.g. 2026-11-27T00:00:00Z)")
@@ -51,7 +50,7 @@ async def hourly(
     ctx: CtxDep,
     _: CurrentUser,
     page: WindowDep,
-    since: datetime | None = None,
+    since: SafeDatetime | None = None,
 ) -> Page[HourlyView]:
     """Hourly min/avg/max, newest first; kept TELEMETRY_ROLLUP_RETENTION_DAYS."""
     if since is not None and since.tzinfo is None:
