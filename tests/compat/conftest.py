@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -49,7 +50,10 @@ class Seed:
         return body
 
     async def machine_result(self, order_id: str, slot: int, dropped: bool = True) -> str:
-        """What `node test-mqtt.js simulate ORDER_ID` publishes: no commandId."""
+        """What `node test-mqtt.js simulate ORDER_ID` publishes: no commandId. A real machine
+        answers after its motor ran; a commandId-less result sooner than its own durationMs
+        after the command is taken for a copy (protocol.md), so wait that long first."""
+        await asyncio.sleep(1.9)
         raw = {
             "orderId": order_id,
             "slot": slot,

@@ -33,28 +33,28 @@ async def _order(seed: Seed, method: str | None = None, slot: int = 1) -> dict[s
 
 async def test_switching_the_method_makes_a_new_payment_for_the_unpaid_order(seed: Seed) -> None:
     created = await _order(seed, "qris")
-    switched = await seed.ok(
-        "PATCH", f"/api/payments/method/{created['order_id']}", json={"payment_method": "gopay"}
-    )
+    token = {"X-Order-Token": str(created["access_token"])}
+    url = f"/api/payments/method/{created['order_id']}"
+    # Switching the method changes someone's payment: it needs the order's access token.
+    assert_error(await seed.client.patch(url, json={"payment_method": "gopay"}), 401)
+    switched = await seed.ok("PATCH", url, json={"payment_method": "gopay"}, headers=token)
     assert switched["payment_method"] == "gopay"
     assert switched["payment_token"] != created["payment_token"]
-    again = await seed.ok(
-        "PATCH", f"/api/payments/method/{created['order_id']}", json={"payment_method": "GOPAY"}
-    )
+    again = await seed.ok("PATCH", url, json={"payment_method": "GOPAY"}, headers=token)
     assert again["payment_token"] == switched["payment_token"]  # same method: nothing new
 
 
 async def test_the_method_of_a_paid_or_unknown_order_cannot_change(seed: Seed) -> None:
     created = await _order(seed, "qris")
     order_id = created["order_id"]
+    token = {"X-Order-Token": str(created["access_token"])}
     await seed.ok("POST", f"/api/debug/update-payment/{order_id}", json={"status": "SUCCESS"})
     body = {"payment_method": "va"}
-    assert_error(
-        await seed.client.patch(f"/api/payments/method/{order_id}", json=body), 409, "conflict"
-    )
+    url = f"/api/payments/method/{order_id}"
+    assert_error(await seed.client.patch(url, json=body, headers=token), 409, "conflict")
     assert_error(await seed.client.patch("/api/payments/method/NOPE", json=body), 404)
     bad = {"payment_method": "cash"}
-    assert_error(await seed.client.patch(f"/api/payments/method/{order_id}", json=bad), 422)
+    assert_error(await seed.client.patch(url, json=bad, headers=token), 422)
 
 
 async def test_verify_ignores_the_callers_success_and_reports_the_real_status(
@@ -108,11 +108,12 @@ async def test_a_method_the_gateway_refuses_keeps_the_current_payment(gateway: G
     )
     order_id = created["order_id"]
     # Midtrans keeps one transaction per order id: Snap refuses one already charged as QRIS.
+    token = {"X-Order-Token": str(created["access_token"])}
     refused = await gateway.client.patch(
-        f"/api/payments/method/{order_id}", json={"payment_method": "gopay"}
+        f"/api/payments/method/{order_id}", json={"payment_method": "gopay"}, headers=token
     )
     assert_error(refused, 409, "conflict")
-    kept = await gateway.ok("GET", f"/api/orders/{order_id}")
+    kept = await gateway.ok("GET", f"/api/orders/{order_id}", headers=token)
     assert (kept["payment_method"], kept["qr_string"]) == ("qris", created["qr_string"])
     assert kept["status"] == "PENDING"
 
@@ -168,10 +169,12 @@ async def test_operators_set_maintenance_and_back_online_recorded_as_events(seed
     assert_error(
         await seed.client.post("/api/machines/VM01/status", json=body, headers=inventory), 403
     )
+    # Placed before maintenance (a machine in MAINTENANCE takes no new orders: 409) ...
+    order_id = (await _order(seed))["order_id"]
     down = await seed.ok("POST", "/api/machines/VM01/status", json=body, headers=tech)
     assert down["data"]["status"] == "MAINTENANCE"
-    # A unit paid during maintenance waits, and goes out when the operator ends it.
-    order_id = (await _order(seed))["order_id"]
+    assert_error(await seed.client.post("/api/orders", json={"slot_number": 1}), 409)
+    # ... and paid during it, the unit waits and goes out when the operator ends it.
     await seed.ok("POST", f"/api/debug/update-payment/{order_id}", json={"status": "SUCCESS"})
     assert await order_status(seed.ctx, order_id) == "PENDING_DISPENSE"
     assert await outbox_rows(seed.ctx, "dispense") == []

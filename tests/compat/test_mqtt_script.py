@@ -78,7 +78,10 @@ async def test_the_seed_testing_guide_runs_with_vendhub_mqtt_in_place_of_test_mq
                 order_id,
                 2150,
             )
-            # Test 5: `node test-mqtt.js simulate ORDER_ID`.
+            # Test 5: `node test-mqtt.js simulate ORDER_ID`, run (like a person would) after
+            # the motor's time: a commandId-less result sooner than its durationMs (1850 ms)
+            # after the command is taken for a copy (protocol.md).
+            await asyncio.sleep(2)
             await vendhub_mqtt(env, tmp_path, "simulate", order_id)
 
             async def completed() -> bool:

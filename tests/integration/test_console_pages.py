@@ -201,11 +201,12 @@ async def test_the_sandbox_pay_page_shows_a_qr_and_offers_pay_only_while_payable
     site: tuple[httpx.AsyncClient, Any],
 ) -> None:
     http, _ = site
-    order_id = (await http.post("/api/orders", json={"slot_number": 3})).json()["order_id"]
+    made = (await http.post("/api/orders", json={"slot_number": 3})).json()
+    order_id, token = made["order_id"], {"X-Order-Token": made["access_token"]}
     page = (await http.get(f"/api/payments/sandbox/{order_id}")).text
     assert 'data-testid="payment-qr"' in page and "<svg" in page and "Rp 4.500" in page
     assert 'data-testid="sandbox-pay"' in page
-    assert (await http.post(f"/api/payments/cancel/{order_id}")).status_code == 200
+    assert (await http.post(f"/api/payments/cancel/{order_id}", headers=token)).status_code == 200
     closed = (await http.get(f"/api/payments/sandbox/{order_id}")).text
     assert 'data-testid="sandbox-pay"' not in closed and "CANCELLED" in closed
     # The button's form post comes back to the page; API clients still get JSON.
@@ -245,7 +246,7 @@ async def test_retry_now_pays_out_a_failed_refund_once(
         f"/console/refunds/{owed['id']}/retry", data={"csrf": csrf_of(page.text)}
     )
     assert retried.status_code == 303 and "ok=" in retried.headers["location"]
-    order = (await http.get(f"/api/orders/{order_id}")).json()
+    order = (await http.get(f"/api/orders/{order_id}", headers=await _bearer(http))).json()
     assert order["status"] == "REFUNDED" and order["refunded_amount"] == 4500
     assert [r["status"] for r in order["refunds"]] == ["SUCCEEDED"]
     again = await http.post(

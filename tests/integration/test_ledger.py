@@ -70,7 +70,7 @@ class Shop:
         return str(response.json()["outcome"])
 
     async def view(self, order_id: str) -> dict[str, Any]:
-        response = await self.client.get(f"/api/orders/{order_id}")
+        response = await self.client.get(f"/api/orders/{order_id}", headers=self.admin)
         assert response.status_code == 200, response.text
         return dict(response.json())
 
@@ -130,7 +130,8 @@ async def test_settlement_of_a_late_capture_already_refunded_is_not_vended_as_we
     assert await shop.notify(late, "capture", fraud_status="accept") == "late_payment"
     assert await shop.pay_refunds() == 1
     # The stock comes back, then the same transaction's settlement arrives.
-    assert (await shop.client.post(f"/api/payments/cancel/{other}")).status_code == 200
+    cancel = await shop.client.post(f"/api/payments/cancel/{other}", headers=shop.admin)
+    assert cancel.status_code == 200
     assert (await slot_row(shop.ctx, 1))["reserved"] == 0
     assert await shop.notify(late, "settlement") == "already_paid"
     view = await shop.view(late)
@@ -313,7 +314,7 @@ async def test_an_operator_cancels_a_refund_held_after_a_late_drop(shop: Shop) -
     assert (await shop.client.post(url)).status_code == 401
     assert (await shop.client.post(url, headers=shop.tech)).status_code == 403
     held = await shop.client.get("/api/refunds", params={"status": "HELD"}, headers=shop.tech)
-    assert [r["id"] for r in held.json()] == [refund["id"]]
+    assert [r["id"] for r in held.json()["data"]] == [refund["id"]]
     response = await shop.client.post(url, headers=shop.admin)
     assert response.status_code == 200, response.text
     assert response.json()["refund"]["status"] == "CANCELLED"
@@ -322,7 +323,7 @@ async def test_an_operator_cancels_a_refund_held_after_a_late_drop(shop: Shop) -
     view = await shop.view(order_id)
     assert (view["status"], view["refunded_amount"], view["refund_held"]) == ("COMPLETED", 0, 0)
     assert (await slot_row(shop.ctx, 1))["current_stock"] == 4
-    [alert] = await rows(shop.ctx, machine_events)
+    [alert] = await rows(shop.ctx, machine_events, machine_events.c.event_type == "LATE_RESULT")
     assert alert["details"]["refund_id"] == refund["id"]
 
 
@@ -353,6 +354,6 @@ async def test_a_late_drop_after_the_refund_was_paid_is_alerted_and_moves_stock(
     assert await report(shop.ctx, command, dropped=True) == "LATE"
     [refund] = await rows(shop.ctx, refunds)
     assert refund["status"] == "SUCCEEDED"
-    [alert] = await rows(shop.ctx, machine_events)
+    [alert] = await rows(shop.ctx, machine_events, machine_events.c.event_type == "LATE_RESULT")
     assert alert["severity"] == "critical" and "already paid" in alert["message"]
     assert (await slot_row(shop.ctx, 1))["current_stock"] == 4

@@ -93,14 +93,17 @@ async def device(prefix: str, machine_id: str = "VM01") -> AsyncIterator[Device]
 
 
 def settings_for(database_url: str, prefix: str, **overrides: Any) -> Settings:
-    return Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        database_url=database_url,
-        mqtt_broker_url=f"mqtt://{MQTT_HOST}:{MQTT_PORT}",
-        mqtt_topic_prefix=prefix,
-        mqtt_client_id=unique("vendhub-test-"),
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "mqtt_broker_url": f"mqtt://{MQTT_HOST}:{MQTT_PORT}",
+        "mqtt_topic_prefix": prefix,
+        "mqtt_client_id": unique("vendhub-test-"),
+        # Tests poll the API from one address; the limits' own tests set them low.
+        "rate_limit_default": "100000/minute",
+        "rate_limit_orders": "100000/minute",
+        "anon_max_unpaid_units": 100,
+    }
+    return Settings(_env_file=None, **(values | overrides))  # type: ignore[call-arg]
 
 
 @asynccontextmanager

@@ -107,7 +107,7 @@ async def test_users_can_be_listed_deactivated_and_their_tokens_stop_at_once(
 ) -> None:
     boss = await accounts.token("boss", "boss-pass-1")
     tech = await accounts.token("tech", "tech-pass-1")
-    listed = (await accounts.client.get("/api/auth/users", headers=boss)).json()
+    listed = (await accounts.client.get("/api/auth/users", headers=boss)).json()["data"]
     by_name = {u["username"]: u for u in listed}
     assert {"boss", "adm", "tech"} <= set(by_name)
     assert all("password_hash" not in u for u in listed)
@@ -177,7 +177,7 @@ async def test_only_a_super_admin_creates_or_promotes_a_super_admin(accounts: Ac
     adm = await accounts.token("adm", "adm-pass-12")
     users = {
         u["username"]: u["id"]
-        for u in (await accounts.client.get("/api/auth/users", headers=boss)).json()
+        for u in (await accounts.client.get("/api/auth/users", headers=boss)).json()["data"]
     }
     new_super = {"username": "root2", "password": "root2-pass", "role": "SUPER_ADMIN"}
     assert_error(await accounts.client.post("/api/auth/users", json=new_super, headers=adm), 403)

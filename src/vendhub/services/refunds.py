@@ -38,6 +38,7 @@ from vendhub.services.ids import new_id
 from vendhub.services.passes import isolated
 from vendhub.services.ports import GatewayError, Notification, PaymentProvider, RefundRequest
 from vendhub.services.rows import every, first
+from vendhub.services.views import Slice, Window
 
 log = logging.getLogger(__name__)
 
@@ -642,14 +643,14 @@ async def get_refund(ctx: ServiceContext, refund_id: str) -> dict[str, Any]:
     return dict(row)
 
 
-async def list_refunds(ctx: ServiceContext, status: str | None, limit: int) -> list[dict[str, Any]]:
-    stmt = (
-        sa.select(refunds).order_by(refunds.c.created_at.desc(), refunds.c.id.desc()).limit(limit)
-    )
+async def list_refunds(
+    ctx: ServiceContext, status: str | None, window: Window
+) -> Slice[dict[str, Any]]:
+    stmt = sa.select(refunds).order_by(refunds.c.created_at.desc(), refunds.c.id.desc())
     if status:
         stmt = stmt.where(refunds.c.status == status)
     async with ctx.engine.connect() as conn:
-        return [dict(r) for r in await every(conn, stmt)]
+        return Slice.of([dict(r) for r in await every(conn, window.apply(stmt))], window)
 
 
 # --- manual refunds ------------------------------------------------------------------------
