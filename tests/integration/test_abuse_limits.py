@@ -302,3 +302,25 @@ async def test_every_public_endpoint_shares_the_default_per_client_limit(sqlite_
         # Liveness, readiness and metrics are never limited (probes and scrapers poll them).
         for _ in range(10):
             assert (await client.get("/health")).status_code == 200
+
+
+async def test_the_kiosk_screen_obeys_the_same_cap_and_cancels_only_with_its_token(
+    backend: str, engine: Any, database_urls: dict[str, str]
+) -> None:
+    async with edge(database_urls[backend], anon_max_unpaid_units=2) as (client, container):
+        cart = {"items": [{"slot_number": 1, "quantity": 2}]}
+        made = await client.post("/kiosk/VM01/orders", json=cart)
+        assert made.status_code == 200, made.text
+        order_id, token = made.json()["order_id"], made.json()["access_token"]
+        # The kiosk page is one more anonymous client: past the cap it is refused, untouched.
+        more = {"items": [{"slot_number": 3, "quantity": 1}]}
+        assert_error(await client.post("/kiosk/VM01/orders", json=more), 429)
+        assert (await slot_row(container.ctx, 3))["reserved"] == 0
+        url = f"/kiosk/VM01/orders/{order_id}/cancel"
+        assert_error(await client.post(url), 401)
+        assert_error(await client.post(url, headers={"X-Order-Token": "x" * 32}), 403)
+        assert (await slot_row(container.ctx, 1))["reserved"] == 2
+        cancelled = await client.post(url, headers={"X-Order-Token": token})
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "CANCELLED"
+        assert (await slot_row(container.ctx, 1))["reserved"] == 0

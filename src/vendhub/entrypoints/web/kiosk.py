@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import segno
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
+from vendhub.entrypoints.api.access import OriginDep, require_order_access
 from vendhub.entrypoints.api.deps import ContainerDep
 from vendhub.entrypoints.web import i18n
 from vendhub.entrypoints.web.render import Pages, product_art, svg
@@ -68,11 +69,10 @@ async def kiosk_page(
 
 @router.post("/{machine_id}/orders")
 async def kiosk_checkout(
-    machine_id: str, body: KioskCheckout, container: ContainerDep, pages: Pages
+    machine_id: str, body: KioskCheckout, container: ContainerDep, pages: Pages, origin: OriginDep
 ) -> JSONResponse:
-    machine = await catalog.get_machine(container.ctx, machine_id)
-    if machine.status in NOT_SELLING:
-        raise Conflict(f"machine {machine_id} is out of service")
+    """The same checkout as the API's, with the same per-client caps (or the kiosk key's one
+    open order); OFFLINE/MAINTENANCE machines are refused there (409)."""
     lines = [OrderLine(slot_number=i.slot_number, quantity=i.quantity) for i in body.items]
     order_id = await checkout(
         container.ctx,
@@ -81,6 +81,7 @@ async def kiosk_checkout(
         lines,
         customer_phone=None,
         payment_method="qris",
+        origin=origin.order,
     )
     order = await orders.get_order(container.ctx, order_id)
     payment = order["payment"] or {}
@@ -90,7 +91,10 @@ async def kiosk_checkout(
     html = pages.get_template("kiosk/payment.html").render(
         order=order, qr=svg(qr_svg(qr_data)), t=i18n.TEXTS[lang]
     )
-    return JSONResponse({"order_id": order_id, "html": html, **_public(order)})
+    # The token lets this screen (and only it) cancel the order it created.
+    return JSONResponse(
+        {"order_id": order_id, "access_token": origin.access_token, "html": html, **_public(order)}
+    )
 
 
 def _public(order: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +105,7 @@ def _public(order: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@router.post("/{machine_id}/orders/{order_id}/cancel")
+@router.post("/{machine_id}/orders/{order_id}/cancel", dependencies=[Depends(require_order_access)])
 async def kiosk_cancel(machine_id: str, order_id: str, container: ContainerDep) -> JSONResponse:
     order = await orders.get_order(container.ctx, order_id)
     if order["machine_id"] != machine_id:

@@ -91,7 +91,7 @@
       if (!r.ok) { throw new Error("checkout " + r.status); }
       return r.json();
     }).then(function (data) {
-      order = { id: data.order_id };
+      order = { id: data.order_id, token: data.access_token };
       $("pay").innerHTML = data.html;
       show("pay");
       $("cancel").onclick = cancel;
@@ -112,7 +112,8 @@
   function cancel() {
     if (!order) { return; }
     fetch("/kiosk/" + encodeURIComponent(machine) + "/orders/" + encodeURIComponent(order.id) + "/cancel",
-          { method: "POST" }).then(function (r) { return r.json(); }).then(apply).catch(fail);
+          { method: "POST", headers: { "X-Order-Token": order.token } })
+      .then(function (r) { return r.json(); }).then(apply).catch(fail);
   }
 
   function follow(id) {
