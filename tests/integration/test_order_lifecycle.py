@@ -416,5 +416,5 @@ async def test_expired_order_is_shown_expired_over_http(
         ctx.clock = real_clock
     body = (await client.get(f"/api/orders/{order_id}")).json()
     assert body["status"] == "EXPIRED"
-    assert body["payment"]["status"] == "EXPIRED"
+    assert body["payment_status"] == "EXPIRED"
     assert_error(await client.post(f"/api/payments/cancel/{order_id}", headers=tech), 409)

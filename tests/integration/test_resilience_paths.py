@@ -249,9 +249,9 @@ async def test_a_restart_sends_units_left_queued_on_an_idle_machine(
 ) -> None:
     clock.now = datetime.now(UTC)  # the restarted server runs on the real clock
     await quick_shop(ctx)
+    order_id = await order(ctx, slot=1, quantity=2)  # placed while the machine was up
     async with ctx.engine.begin() as conn:
         await conn.execute(sa.update(machines).values(status="OFFLINE"))
-    order_id = await order(ctx, slot=1, quantity=2)
     assert await pay(ctx, order_id, 16000) == "paid"
     # Crashed after the machine came back but before anything was dispatched.
     async with ctx.engine.begin() as conn:

@@ -87,9 +87,9 @@ async def test_a_machine_marked_offline_by_silence_is_online_again_when_its_tele
 ) -> None:
     await quick_shop(ctx)
     await _set(ctx, status="ONLINE", last_seen_at=clock())
+    order_id = await order(ctx, slot=1)  # placed while ONLINE (an OFFLINE machine takes none)
     clock.advance(3 * INTERVAL_S + 1)
     assert await fleet.mark_silent_machines_offline(ctx) == ["VM01"]
-    order_id = await order(ctx, slot=1)
     assert await pay(ctx, order_id, 8000) == "paid"
     assert await order_status(ctx, order_id) == "PENDING_DISPENSE"
     assert await outbox_rows(ctx, "dispense") == []
@@ -195,6 +195,7 @@ async def test_over_the_broker_a_silent_machine_that_speaks_again_gets_its_waiti
     prefix = unique("t")
     async with running(database_urls[backend], prefix) as container, device(prefix) as dev:
         ctx = container.ctx
+        order_id = await order(ctx, slot=1)  # placed before the silence (OFFLINE takes none)
         long_ago = ctx.clock() - timedelta(hours=1)
         await _set(ctx, status="ONLINE", last_seen_at=long_ago, updated_at=long_ago)
         assert await fleet.mark_silent_machines_offline(ctx) in (["VM01"], [])
@@ -204,7 +205,6 @@ async def test_over_the_broker_a_silent_machine_that_speaks_again_gets_its_waiti
             return machine["status"] == "OFFLINE"
 
         await eventually(offline)
-        order_id = await order(ctx, slot=1)
         assert await pay(ctx, order_id, 8000) == "paid"
         assert await order_status(ctx, order_id) == "PENDING_DISPENSE"
 

@@ -100,7 +100,10 @@ def test_every_console_page_renders_with_the_fleets_data(
         response = desktop.goto(f"{fleet.url}/console/{name}")
         assert response is not None and response.status == 200, name
         expect(desktop.locator("h1")).to_be_visible()
-    expect(desktop.get_by_test_id("user-row").filter(has_text="admin")).to_be_visible()
+    admin_row = desktop.get_by_test_id("user-row").filter(
+        has=desktop.get_by_role("cell", name="admin", exact=True)
+    )
+    expect(admin_row).to_be_visible()
 
 
 def test_an_auditor_reads_but_cannot_refund_acknowledge_or_manage_users(
