@@ -20,8 +20,8 @@ from vendhub.adapters.db.tables import (
 )
 from vendhub.domain.model import OrderStatus, OutOfStock
 from vendhub.domain.payments import PaymentStatus
+from vendhub.services import outbox, stock
 from vendhub.services import refunds as refunds_service
-from vendhub.services import stock
 from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import create_units, lock_order, revive_order, set_order_status
 from vendhub.services.errors import InvalidRequest, NotFound
@@ -57,7 +57,8 @@ async def receive_notification(
 async def apply_notification(ctx: ServiceContext, note: Notification) -> Outcome:
     """The one path for a verified notification, from the webhook or from a status query."""
     try:
-        outcome = await _store_and_apply(ctx, note)
+        with outbox.handing_off(ctx) as handed:
+            outcome = await _store_and_apply(ctx, note)
     except IntegrityError:
         # The unique (order, transaction, status) row exists: this exact notification was
         # already stored and applied in a committed transaction.
@@ -72,7 +73,7 @@ async def apply_notification(ctx: ServiceContext, note: Notification) -> Outcome
         note.source,
         outcome.value,
     )
-    ctx.wake_outbox()
+    outbox.hand_off(ctx, handed)
     return outcome
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from vendhub.adapters.db.tables import dispense_results, dispenses, machine_events, refunds
 from vendhub.domain.model import RefundStatus, UnitStatus
 from vendhub.protocol.messages import AckCommand, DispenseResult
+from vendhub.services import outbox
 from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import correct_late_drop, settle_unit
 from vendhub.services.outbox import enqueue
@@ -35,6 +36,22 @@ async def apply_result(
     ctx: ServiceContext, machine_id: str, result: DispenseResult, raw: str
 ) -> ResultOutcome:
     fingerprint = _fingerprint(result)
+    with outbox.handing_off(ctx) as handed:
+        outcome = await _apply_and_record(ctx, machine_id, result, raw, fingerprint)
+    log.info(
+        "result machine=%s command=%s order=%s outcome=%s",
+        machine_id,
+        result.command_id,
+        result.order_id,
+        outcome.value,
+    )
+    outbox.hand_off(ctx, handed)
+    return outcome
+
+
+async def _apply_and_record(
+    ctx: ServiceContext, machine_id: str, result: DispenseResult, raw: str, fingerprint: str
+) -> ResultOutcome:
     async with ctx.engine.begin() as conn:
         if result.command_id:
             unit = await _by_command(conn, machine_id, result.command_id)
@@ -65,14 +82,6 @@ async def apply_result(
                 AckCommand(command_id=unit["id"]),
                 ctx.clock(),
             )
-    log.info(
-        "result machine=%s command=%s order=%s outcome=%s",
-        machine_id,
-        result.command_id,
-        result.order_id,
-        outcome.value,
-    )
-    ctx.wake_outbox()
     return outcome
 
 

@@ -28,6 +28,7 @@ from vendhub.entrypoints.api.routers import (
     stock,
     telemetry,
 )
+from vendhub.entrypoints.api.shedding import InflightLimit
 from vendhub.entrypoints.web import app as web
 
 
@@ -57,6 +58,7 @@ def create_app(
         description="Cashless vending fleet backend: orders, payments, MQTT dispensing.",
     )
     app.state.container = the_container
+    app.state.webhook_gate = InflightLimit(settings.webhook_max_inflight)
     errors.install(app)
     _limit_body_size(app, settings.max_body_bytes)
     for module in (
