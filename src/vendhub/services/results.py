@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vendhub.adapters.db.engine import retry_on_disconnect
 from vendhub.adapters.db.tables import dispense_results, dispenses, machine_events, refunds
 from vendhub.domain.model import RefundStatus, UnitStatus
 from vendhub.protocol.messages import AckCommand, DispenseResult
@@ -37,7 +39,9 @@ async def apply_result(
 ) -> ResultOutcome:
     fingerprint = _fingerprint(result)
     with outbox.handing_off(ctx) as handed:
-        outcome = await _apply_and_record(ctx, machine_id, result, raw, fingerprint)
+        outcome = await retry_on_disconnect(
+            partial(_apply_and_record, ctx, machine_id, result, raw, fingerprint)
+        )
     log.info(
         "result machine=%s command=%s order=%s outcome=%s",
         machine_id,
