@@ -316,8 +316,11 @@ async def _start_fleet(cfg: BenchConfig, prefix: str, ids: list[str]) -> asyncio
         prefix,
         "--ids",
         ",".join(ids),
+        # Real time (a 200 ms motor): the simulator scales its result re-publish backoff by
+        # the speed too, and at 0.1 or 0 devices re-send every result several times before
+        # the ack can arrive, so the backend mostly applied duplicates.
         "--speed",
-        "0",
+        "1",
         "--telemetry-interval",
         "30",
         stdout=asyncio.subprocess.DEVNULL,
@@ -529,7 +532,9 @@ async def statement_ceiling(cfg: BenchConfig, transactions: int = 2000) -> dict[
 
     table = sa.table("bench_ceiling", sa.column("id", sa.Integer), sa.column("n", sa.Integer))
     dsn = sa.engine.make_url(cfg.database_url).set(drivername="postgresql")
-    raw = await asyncpg.create_pool(dsn.render_as_string(hide_password=False), min_size=16)
+    raw = await asyncpg.create_pool(
+        dsn.render_as_string(hide_password=False), min_size=16, max_size=16
+    )
     engine = create_engine(cfg.database_url)
     figures: dict[str, float] = {}
     try:

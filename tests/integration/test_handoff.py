@@ -154,3 +154,27 @@ async def test_webhooks_beyond_the_in_flight_limit_are_shed_with_retry_after_and
         assert retried.json()["outcome"] == "paid"
         assert await order_status(ctx, order_id) in ("PENDING_DISPENSE", "DISPENSING")
         assert gate.inflight == 0 and gate.shed == 1
+
+
+async def test_admitted_webhooks_beyond_the_concurrency_wait_their_turn_and_are_then_applied(
+    engine: Any, database_urls: dict[str, str], backend: str
+) -> None:
+    async with api_client(
+        database_urls[backend], webhook_max_inflight=4, webhook_concurrency=1
+    ) as (client, container):
+        ctx = container.ctx
+        await quick_shop(ctx)
+        order_id = await order(ctx)
+        body = sandbox().signed_notification(order_id, 8000, "settlement")
+        gate = client._transport.app.state.webhook_gate  # type: ignore[attr-defined]
+        await gate.working.acquire()  # the one working slot is taken
+        posting = asyncio.create_task(client.post("/api/payments/webhook", content=body))
+        while gate.inflight == 0:  # admitted, then waiting for the slot
+            await asyncio.sleep(0.01)
+        assert not posting.done()
+        assert await order_status(ctx, order_id) == "PENDING"
+        gate.working.release()
+        response = await posting
+        assert response.status_code == 200, response.text
+        assert response.json()["outcome"] == "paid"
+        assert gate.inflight == 0 and gate.shed == 0

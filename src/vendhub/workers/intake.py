@@ -23,7 +23,8 @@ TELEMETRY_QUEUE_SIZE = 20_000
 TELEMETRY_BATCH = 2000
 TELEMETRY_FLUSH_S = 0.2
 TELEMETRY_POLL_S = 0.02  # how often a partial batch looks for more within the window
-EVENT_WORKERS = 4
+# Results free machines for their next unit: enough workers to keep up beside HTTP work.
+EVENT_WORKERS = 8
 
 
 class Intake:

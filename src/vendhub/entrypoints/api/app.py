@@ -58,7 +58,9 @@ def create_app(
         description="Cashless vending fleet backend: orders, payments, MQTT dispensing.",
     )
     app.state.container = the_container
-    app.state.webhook_gate = InflightLimit(settings.webhook_max_inflight)
+    app.state.webhook_gate = InflightLimit(
+        settings.webhook_max_inflight, settings.webhook_concurrency
+    )
     errors.install(app)
     _limit_body_size(app, settings.max_body_bytes)
     for module in (

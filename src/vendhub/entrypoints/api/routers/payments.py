@@ -39,9 +39,10 @@ async def webhook(request: Request, container: ContainerDep) -> PaymentOutcome |
         return overloaded()
     try:
         body = await request.body()
-        outcome = await payment_service.receive_notification(
-            container.ctx, container.payments, dict(request.headers), body
-        )
+        async with gate.working:
+            outcome = await payment_service.receive_notification(
+                container.ctx, container.payments, dict(request.headers), body
+            )
     finally:
         gate.leave()
     container.metrics.webhooks.labels(outcome.value).inc()
