@@ -22,6 +22,7 @@ from tests.integration.helpers import (
     report,
     sandbox,
 )
+from tests.integration.test_mqtt_intake import eventually
 from tests.integration.test_mqtt_outbox import next_cmd, subscriber
 from vendhub.adapters.db.tables import dispenses
 from vendhub.adapters.mqtt.client import MqttClient, MqttConfig
@@ -169,8 +170,8 @@ async def test_admitted_webhooks_beyond_the_concurrency_wait_their_turn_and_are_
         gate = client._transport.app.state.webhook_gate  # type: ignore[attr-defined]
         await gate.working.acquire()  # the one working slot is taken
         posting = asyncio.create_task(client.post("/api/payments/webhook", content=body))
-        while gate.inflight == 0:  # admitted, then waiting for the slot
-            await asyncio.sleep(0.01)
+        # Admitted, then waiting for the slot.
+        await eventually(lambda: asyncio.sleep(0, gate.inflight == 1))
         assert not posting.done()
         assert await order_status(ctx, order_id) == "PENDING"
         gate.working.release()
