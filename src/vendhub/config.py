@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     # Webhooks worked on at once; more are shed with 503 + Retry-After (the gateway retries).
     webhook_max_inflight: int = Field(default=64, ge=1)
     # Of those, worked on at once (the others wait their turn, FIFO).
-    webhook_concurrency: int = Field(default=8, ge=1)
+    webhook_concurrency: int = Field(default=3, ge=1)
     machine_id: str = "VM01"
 
     # Auth
