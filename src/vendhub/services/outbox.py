@@ -68,9 +68,11 @@ def handing_off(ctx: ServiceContext) -> Iterator[list[OutboxItem]]:
 def hand_off(ctx: ServiceContext, items: list[OutboxItem]) -> None:
     """After the commit: committed rows go to the publisher now; the outbox poll is only the
     fallback (a lost hand-off is published again once its claim lapses)."""
-    if items and ctx.hand_off is not None:
+    if ctx.hand_off is None:
+        ctx.wake_outbox()
+    elif items:
+        # Every row of the transaction is in `items`: nothing for the poll to find.
         ctx.hand_off(items)
-    ctx.wake_outbox()
 
 
 async def enqueue(
