@@ -19,9 +19,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 # (statements, transactions) per step, on every database; lower them when the code gets
 # leaner, never raise them without a reason written here. Measured before issue 11: 49
 # statements in 9 transactions in all (checkout 9/3, payment 17/1, command 6/2, result 13/1,
-# ack 4/2). Now 38 in 7.
+# ack 4/2). Now 36 in 6.
 BUDGET = {
-    "checkout": (9, 3),
+    "checkout": (7, 2),
     "payment": (13, 1),
     "command published": (3, 1),
     "result": (12, 1),
@@ -90,5 +90,5 @@ async def test_one_paid_unit_from_order_to_acknowledged_result_stays_within_its_
         if spent[step][0] > BUDGET[step][0] or spent[step][1] > BUDGET[step][1]
     }
     assert not over, f"over budget (spent, budget): {over}"
-    assert sum(s for s, _ in spent.values()) <= 38
-    assert sum(t for _, t in spent.values()) <= 7
+    assert sum(s for s, _ in spent.values()) <= 36
+    assert sum(t for _, t in spent.values()) <= 6
