@@ -16,14 +16,12 @@ from typing import Any
 
 import aiomqtt
 import sqlalchemy as sa
-import uvicorn
 
 from vendhub.adapters.db.migrate import upgrade_async
 from vendhub.adapters.db.tables import machines, orders, telemetry
 from vendhub.adapters.payments.sandbox import SandboxProvider
 from vendhub.bootstrap import Container, build
 from vendhub.config import Settings
-from vendhub.entrypoints.api.app import create_app
 from vendhub.services import catalog
 from vendhub.services.checkout import checkout
 from vendhub.services.orders import OrderLine
@@ -38,10 +36,10 @@ class BenchConfig:
     broker_port: int = 1883
     telemetry_messages: int = 20_000
     telemetry_publishers: int = 4
-    machines: int = 50
+    machines: int = 100
     orders: int = 1000
-    webhooks: int = 32
-    http_port: int = 0
+    webhooks: int = 32  # in flight at once
+    rate: float = 100.0  # the steady-rate run, webhooks/s
 
 
 def _settings(cfg: BenchConfig, prefix: str, port: int) -> Settings:
@@ -101,8 +99,8 @@ async def _seed_machines(container: Container, count: int, stock: int) -> list[s
     return ids
 
 
-async def bench_telemetry(cfg: BenchConfig) -> float:
-    """Messages published by several clients at QoS 0 → rows stored; returns rows/s."""
+async def bench_telemetry(cfg: BenchConfig) -> tuple[float, float]:
+    """Messages published by several clients at QoS 0 → rows stored; (rows/s, share stored)."""
     prefix = "bench" + uuid.uuid4().hex[:6]
     async with _running(_settings(cfg, prefix, 3001)) as container:
         ids = await _seed_machines(container, cfg.machines, 0)
@@ -128,7 +126,7 @@ async def bench_telemetry(cfg: BenchConfig) -> float:
         lost = before + total - stored
         if lost:
             print(f"telemetry: {lost} of {total} messages never arrived (dropped by the broker)")
-        return (stored - before) / (last_at - start)
+        return (stored - before) / (last_at - start), (stored - before) / total
 
 
 async def _mosquitto_pub_load(cfg: BenchConfig, prefix: str, ids: list[str], total: int) -> None:
@@ -183,44 +181,154 @@ async def _wait_count(container: Container, target: int, deadline_s: float) -> t
     return count, last_at
 
 
-async def bench_orders(cfg: BenchConfig) -> tuple[float, int]:
-    """Paid orders over simulated machines until COMPLETED; returns (orders/s, completed)."""
+@dataclass
+class OrderRun:
+    """One run of paid orders through `vendhub serve` replica(s), webhooks from another process."""
+
+    replicas: int
+    orders: int
+    completed: int
+    orders_per_s: float
+    latencies_ms: list[float]
+    cpu_ms_per_order: float  # the replicas' own CPU (user + system), from /proc
+    shed: int  # 503s the load process got (and retried after Retry-After)
+    mode: str  # "32 in flight" or "100/s"
+
+
+async def bench_orders_http(
+    cfg: BenchConfig, replicas: int, *, inflight: int = 0, rate: float = 0.0, orders: int = 0
+) -> OrderRun:
+    """Pre-created orders on `cfg.machines` machines; signed settlement webhooks POSTed by a
+    separate process (`inflight` at a time, or at a steady `rate` not waiting for answers) to
+    `replicas` `vendhub serve` processes; a simulated fleet in a third process answers every
+    command at once. Measures orders/s until COMPLETED, webhook → command on the broker, and
+    the replicas' CPU per order."""
+    count = orders or cfg.orders
     prefix = "bench" + uuid.uuid4().hex[:6]
     settings = _settings(cfg, prefix, 3001)
-    async with _running(settings) as container:
-        ids = await _seed_machines(container, cfg.machines, cfg.orders)
-        # The machines run in their own process, like a real fleet.
-        fleet = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "vendhub.sim",
-            "--host",
-            cfg.broker_host,
-            "--port",
-            str(cfg.broker_port),
-            "--prefix",
-            prefix,
-            "--ids",
-            ",".join(ids),
-            "--speed",
-            "0",
-            "--telemetry-interval",
-            "3600",
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        try:
-            await _wait_online(container, ids, deadline_s=30)
-            provider = container.payments
-            assert isinstance(provider, SandboxProvider)
+    container = build(settings)
+    await container.start(workers=False)  # seeding and checkout only: no MQTT here
+    servers: list[asyncio.subprocess.Process] = []
+    fleet: asyncio.subprocess.Process | None = None
+    try:
+        ids = await _seed_machines(container, cfg.machines, count)
+        provider = container.payments
+        assert isinstance(provider, SandboxProvider)
+        order_ids = await _place_orders(container, provider, ids, count)
+        ports = [free_port() for _ in range(replicas)]
+        servers = [await _start_server(cfg, prefix, port, n) for n, port in enumerate(ports)]
+        await asyncio.gather(*(_wait_http(port) for port in ports))
+        fleet = await _start_fleet(cfg, prefix, ids)
+        await _wait_online(container, ids, deadline_s=60)
+        bodies = {
+            o: provider.signed_notification(o, 5000, "settlement").decode() for o in order_ids
+        }
+        cpu_before = sum(_cpu_s(p.pid) for p in servers)
+        async with _CommandWatcher(cfg, prefix, len(order_ids)) as watcher:
             start = time.perf_counter()
-            order_ids = await _place_and_pay(container, provider, ids, cfg.orders)
-            done = await _wait_final(container, order_ids, deadline_s=300)
-            elapsed = time.perf_counter() - start
-        finally:
-            fleet.terminate()
-            await fleet.wait()
-        return done / elapsed, done
+            args = ["inflight", str(inflight)] if inflight else ["rate", str(rate)]
+            sent, shed = await _post_webhooks(
+                [f"http://127.0.0.1:{p}" for p in ports], bodies, *args
+            )
+            done, last_at = await _wait_final(container, order_ids, deadline_s=300)
+            await watcher.wait(deadline_s=30)
+        cpu = sum(_cpu_s(p.pid) for p in servers) - cpu_before
+        latencies = [(watcher.seen[o] - sent[o]) * 1000 for o in sent if o in watcher.seen]
+        return OrderRun(
+            replicas=replicas,
+            orders=count,
+            completed=done,
+            orders_per_s=done / max(1e-9, last_at - start),
+            latencies_ms=latencies,
+            cpu_ms_per_order=cpu * 1000 / max(1, done),
+            shed=shed,
+            mode=f"{inflight} in flight" if inflight else f"{rate:g}/s",
+        )
+    finally:
+        for proc in [*servers, *([fleet] if fleet else [])]:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            await proc.wait()
+        await container.stop()
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc), children not included."""
+    import os
+
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _start_server(
+    cfg: BenchConfig, prefix: str, port: int, n: int
+) -> asyncio.subprocess.Process:
+    import os
+    import tempfile
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": cfg.database_url,
+        "MQTT_BROKER_URL": f"mqtt://{cfg.broker_host}:{cfg.broker_port}",
+        "MQTT_TOPIC_PREFIX": prefix,
+        "MQTT_SHARE_GROUP": f"{prefix}g",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "REPLICA_ID": f"{prefix}-{n}",
+        "ADMIN_USERNAME": "",
+        "LOG_LEVEL": "WARNING",
+        "APP_ENV": "development",
+    }
+    env.pop("NODE_ENV", None)
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from vendhub.entrypoints.cli import main; main()",
+        "serve",
+        cwd=tempfile.mkdtemp(),  # no .env of the caller's
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+
+
+async def _wait_http(port: int, deadline_s: float = 60) -> None:
+    import httpx
+
+    end = time.monotonic() + deadline_s
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < end:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"vendhub serve on port {port} did not start")
+
+
+async def _start_fleet(cfg: BenchConfig, prefix: str, ids: list[str]) -> asyncio.subprocess.Process:
+    # The machines run in their own process, like a real fleet.
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "vendhub.sim",
+        "--host",
+        cfg.broker_host,
+        "--port",
+        str(cfg.broker_port),
+        "--prefix",
+        prefix,
+        "--ids",
+        ",".join(ids),
+        # Real time (a 200 ms motor): the simulator scales its result re-publish backoff by
+        # the speed too, and at 0.1 or 0 devices re-send every result several times before
+        # the ack can arrive, so the backend mostly applied duplicates.
+        "--speed",
+        "1",
+        "--telemetry-interval",
+        "30",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
 
 
 async def _wait_online(container: Container, ids: list[str], deadline_s: float) -> None:
@@ -235,14 +343,14 @@ async def _wait_online(container: Container, ids: list[str], deadline_s: float) 
     raise RuntimeError("simulated machines did not come online")
 
 
-async def _place_and_pay(
+async def _place_orders(
     container: Container, provider: SandboxProvider, ids: list[str], count: int
 ) -> list[str]:
-    sem = asyncio.Semaphore(32)
+    sem = asyncio.Semaphore(16)
 
     async def one(n: int) -> str:
         async with sem:
-            order_id = await checkout(
+            return await checkout(
                 container.ctx,
                 provider,
                 ids[n % len(ids)],
@@ -250,110 +358,89 @@ async def _place_and_pay(
                 customer_phone=None,
                 payment_method=None,
             )
-            body = provider.signed_notification(order_id, 5000, "settlement")
-            await receive_notification(container.ctx, provider, {}, body)
-            return order_id
 
     return list(await asyncio.gather(*(one(n) for n in range(count))))
 
 
-async def _wait_final(container: Container, order_ids: list[str], deadline_s: float) -> int:
+async def _wait_final(
+    container: Container, order_ids: list[str], deadline_s: float
+) -> tuple[int, float]:
+    """Completed orders, and when the count last grew."""
     end = time.monotonic() + deadline_s
-    done = 0
+    done, last_at = 0, time.perf_counter()
     while time.monotonic() < end:
-        done = await _count(
+        now = await _count(
             container, orders, orders.c.id.in_(order_ids), orders.c.status == "COMPLETED"
         )
+        if now != done:
+            done, last_at = now, time.perf_counter()
         if done >= len(order_ids):
             break
-        await asyncio.sleep(0.1)
-    return done
+        await asyncio.sleep(0.05)
+    return done, last_at
 
 
-async def bench_webhook_latency(cfg: BenchConfig) -> list[float]:
-    """32 concurrent signed webhooks over HTTP; latency until each command is on the broker."""
-    prefix = "bench" + uuid.uuid4().hex[:6]
-    port = cfg.http_port or free_port()
-    settings = _settings(cfg, prefix, port)
-    container = build(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(container=container),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            access_log=False,
+class _CommandWatcher:
+    """Subscribes to every command topic and records when each order's dispense appeared."""
+
+    def __init__(self, cfg: BenchConfig, prefix: str, expected: int) -> None:
+        self.seen: dict[str, float] = {}
+        self._expected = expected
+        self._client = aiomqtt.Client(
+            cfg.broker_host, cfg.broker_port, identifier=f"{prefix}-watch"
         )
+        self._prefix = prefix
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _CommandWatcher:
+        await self._client.__aenter__()
+        await self._client.subscribe(f"{self._prefix}/+/command", qos=1)
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def _watch(self) -> None:
+        async for message in self._client.messages:
+            if not isinstance(message.payload, bytes):
+                continue
+            body = json.loads(message.payload)
+            if body.get("cmd") == "dispense":
+                self.seen.setdefault(body["orderId"], time.time())
+                if len(self.seen) >= self._expected:
+                    return
+
+    async def wait(self, deadline_s: float) -> None:
+        assert self._task is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._task), deadline_s)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._client.__aexit__(None, None, None)
+
+
+async def _post_webhooks(
+    urls: list[str], bodies: dict[str, str], mode: str, value: str
+) -> tuple[dict[str, float], int]:
+    """The webhooks come from another process (as from Midtrans); it reports when it sent
+    each one, on the same clock (time.time) the watcher uses, and how many were shed."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "vendhub.bench_load",
+        "webhooks",
+        mode,
+        value,
+        *urls,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
     )
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-            await asyncio.sleep(0.05)
-        await container.mqtt.wait_connected(within_s=10)
-        ids = await _seed_machines(container, cfg.webhooks, 10)
-        provider = container.payments
-        assert isinstance(provider, SandboxProvider)
-        orders_by_machine = {
-            m: await checkout(
-                container.ctx,
-                provider,
-                m,
-                [OrderLine(slot_number=1)],
-                customer_phone=None,
-                payment_method=None,
-            )
-            for m in ids
-        }
-        return await _measure_webhooks(cfg, prefix, port, provider, orders_by_machine)
-    finally:
-        server.should_exit = True
-        await serving
-
-
-async def _measure_webhooks(
-    cfg: BenchConfig,
-    prefix: str,
-    port: int,
-    provider: SandboxProvider,
-    orders_by_machine: dict[str, str],
-) -> list[float]:
-    sent: dict[str, float] = {}
-    seen: dict[str, float] = {}
-    async with aiomqtt.Client(
-        cfg.broker_host, cfg.broker_port, identifier=f"{prefix}-watch"
-    ) as watcher:
-        await watcher.subscribe(f"{prefix}/+/command", qos=1)
-
-        async def watch() -> None:
-            async for message in watcher.messages:
-                body = json.loads(message.payload)
-                if body.get("cmd") == "dispense":
-                    seen.setdefault(body["orderId"], time.time())
-                    if len(seen) == len(orders_by_machine):
-                        return
-
-        watching = asyncio.create_task(watch())
-        bodies = {
-            o: provider.signed_notification(o, 5000, "settlement").decode()
-            for o in orders_by_machine.values()
-        }
-        # The webhooks come from another process (as from Midtrans); it reports when it
-        # sent each one, on the same clock (time.time) the watcher uses.
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "vendhub.bench_load",
-            "webhooks",
-            f"http://127.0.0.1:{port}",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        out, _ = await proc.communicate(json.dumps(bodies).encode())
-        if proc.returncode != 0:
-            raise RuntimeError("webhook load process failed")
-        sent.update(json.loads(out))
-        await asyncio.wait_for(watching, timeout=60)
-    return [(seen[o] - sent[o]) * 1000 for o in sent]
+    out, _ = await proc.communicate(json.dumps(bodies).encode())
+    if proc.returncode != 0:
+        raise RuntimeError("webhook load process failed")
+    answer = json.loads(out)
+    return answer["sent"], int(answer["shed"])
 
 
 def free_port() -> int:
@@ -370,17 +457,255 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[index]
 
 
+async def statements_per_order(cfg: BenchConfig) -> tuple[float, float]:
+    """(statements, transactions) for one paid one-unit order from checkout to the acked
+    result, counted with SQLAlchemy events on the same service functions serve runs (the
+    publish itself left out: it is the broker's)."""
+    from sqlalchemy import event
+
+    from vendhub.protocol.messages import DispenseResult
+    from vendhub.services import commands, results
+    from vendhub.services.context import ServiceContext
+
+    prefix = "bench" + uuid.uuid4().hex[:6]
+    container = build(_settings(cfg, prefix, 3001))
+    await container.start(workers=False)
+    try:
+        [machine_id] = await _seed_machines(container, 1, 10)
+        handed: list[Any] = []
+        ctx = ServiceContext(
+            engine=container.engine,
+            tunables=container.ctx.tunables,
+            mqtt_connected=lambda: True,
+            hand_off=handed.extend,
+        )
+        provider = container.payments
+        assert isinstance(provider, SandboxProvider)
+        counts = {"statements": 0, "transactions": 0}
+
+        def statement(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+            # SQLite's BEGIN IMMEDIATE is sent as a statement; other drivers' BEGIN is not.
+            if not sql.lstrip().upper().startswith("BEGIN"):
+                counts["statements"] += 1
+
+        def begin(*_: Any) -> None:
+            counts["transactions"] += 1
+
+        runs = 5
+        for n in range(runs + 1):
+            if n == 1:  # the first order warmed the pool and the statement caches
+                event.listen(container.engine.sync_engine, "before_cursor_execute", statement)
+                event.listen(container.engine.sync_engine, "begin", begin)
+            order_id = await checkout(
+                ctx,
+                provider,
+                machine_id,
+                [OrderLine(slot_number=1)],
+                customer_phone=None,
+                payment_method=None,
+            )
+            body = provider.signed_notification(order_id, 5000, "settlement")
+            await receive_notification(ctx, provider, {}, body)
+            [command] = handed
+            handed.clear()
+            await commands.mark_done(ctx, [command], [])
+            result = DispenseResult.model_validate(
+                {
+                    "commandId": command.dispense_id,
+                    "orderId": order_id,
+                    "slot": 1,
+                    "success": True,
+                    "dropDetected": True,
+                    "durationMs": 0,
+                }
+            )
+            await results.apply_result(ctx, machine_id, result, "{}")
+            await commands.mark_done(ctx, list(handed), [])
+            handed.clear()
+        return counts["statements"] / runs, counts["transactions"] / runs
+    finally:
+        await container.stop()
+
+
+async def statement_ceiling(cfg: BenchConfig, transactions: int = 2000) -> dict[str, float]:
+    """CPU µs per statement, 5-statement transactions 16 at a time, of one UPDATE … RETURNING:
+    through SQLAlchemy Core on the app's engine, and on a raw asyncpg pool (prepared; the
+    ceiling). PostgreSQL only."""
+    import asyncpg
+
+    from vendhub.adapters.db.engine import create_engine
+
+    table = sa.table("bench_ceiling", sa.column("id", sa.Integer), sa.column("n", sa.Integer))
+    dsn = sa.engine.make_url(cfg.database_url).set(drivername="postgresql")
+    raw = await asyncpg.create_pool(
+        dsn.render_as_string(hide_password=False), min_size=16, max_size=16
+    )
+    engine = create_engine(cfg.database_url)
+    figures: dict[str, float] = {}
+    try:
+        await raw.execute("CREATE TABLE IF NOT EXISTS bench_ceiling (id int PRIMARY KEY, n int)")
+        await raw.execute(
+            "INSERT INTO bench_ceiling SELECT g, 0 FROM generate_series(1, 80) g "
+            "ON CONFLICT DO NOTHING"
+        )
+        stmt = (
+            sa.update(table)
+            .where(table.c.id == sa.bindparam("row"))
+            .values(n=table.c.n + 1)
+            .returning(table.c.n)
+        )
+
+        async def core(worker: int) -> None:
+            for _ in range(transactions // 16):
+                async with engine.begin() as conn:
+                    for k in range(5):
+                        await conn.scalar(stmt, {"row": worker * 5 + k + 1})
+
+        async def asyncpg_pool(worker: int) -> None:
+            for _ in range(transactions // 16):
+                async with raw.acquire() as conn, conn.transaction():
+                    for k in range(5):
+                        await conn.fetchval(
+                            "UPDATE bench_ceiling SET n = n + 1 WHERE id = $1 RETURNING n",
+                            worker * 5 + k + 1,
+                        )
+
+        for name, work in (("core", core), ("asyncpg", asyncpg_pool)):
+            await asyncio.gather(*(work(w) for w in range(16)))  # warm up
+            before = time.process_time()
+            await asyncio.gather(*(work(w) for w in range(16)))
+            spent = time.process_time() - before
+            figures[name] = spent * 1e6 / ((transactions // 16) * 16 * 5)
+        await raw.execute("DROP TABLE bench_ceiling")
+    finally:
+        await raw.close()
+        await engine.dispose()
+    return figures
+
+
+async def raw_broker_rate(cfg: BenchConfig, total: int) -> float:
+    """The ceiling for telemetry: the same burst to a C subscriber (`mosquitto_sub`)."""
+    prefix = "bench" + uuid.uuid4().hex[:6]
+    ids = [f"R{n:04d}" for n in range(cfg.machines)]
+    sub = await asyncio.create_subprocess_exec(
+        "mosquitto_sub",
+        "-h",
+        cfg.broker_host,
+        "-p",
+        str(cfg.broker_port),
+        "-t",
+        f"{prefix}/+/telemetry",
+        "-C",
+        str(total),
+        "-W",
+        "120",
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    await asyncio.sleep(0.5)  # subscribed
+    start = time.perf_counter()
+    await _mosquitto_pub_load(cfg, prefix, ids, total)
+    await sub.wait()
+    return total / (time.perf_counter() - start)
+
+
 async def run(cfg: BenchConfig, parts: set[str]) -> dict[str, float]:
     await upgrade_async(cfg.database_url)
     figures: dict[str, float] = {}
     if "telemetry" in parts:
-        figures["telemetry_msgs_per_s"] = await bench_telemetry(cfg)
-    if "orders" in parts:
-        rate, done = await bench_orders(cfg)
-        figures["orders_per_s"] = rate
-        figures["orders_completed"] = done
-    if "webhook" in parts:
-        latencies = await bench_webhook_latency(cfg)
-        figures["webhook_to_command_p50_ms"] = statistics.median(latencies)
-        figures["webhook_to_command_p99_ms"] = percentile(latencies, 99)
+        stored_rate, share = await bench_telemetry(cfg)
+        figures["telemetry_msgs_per_s"] = stored_rate
+        figures["telemetry_share_stored"] = share
+        if shutil.which("mosquitto_sub") and shutil.which("mosquitto_pub"):
+            figures["telemetry_raw_broker_msgs_per_s"] = await raw_broker_rate(
+                cfg, cfg.telemetry_messages
+            )
+    if "statements" in parts:
+        stmts, txs = await statements_per_order(cfg)
+        figures["statements_per_order"] = stmts
+        figures["transactions_per_order"] = txs
+        if cfg.database_url.startswith("postgresql"):
+            ceiling = await statement_ceiling(cfg)
+            figures["core_us_per_statement"] = ceiling["core"]
+            figures["asyncpg_us_per_statement"] = ceiling["asyncpg"]
+    for replicas in (1, 2):
+        if f"orders{replicas}" in parts or (replicas == 1 and "orders" in parts):
+            run_ = await bench_orders_http(cfg, replicas, inflight=cfg.webhooks)
+            key = f"{replicas}p"
+            figures[f"orders_per_s_{key}"] = run_.orders_per_s
+            figures[f"orders_completed_{key}"] = run_.completed
+            figures[f"cpu_ms_per_order_{key}"] = run_.cpu_ms_per_order
+            figures[f"webhook_to_command_p50_ms_{key}"] = statistics.median(run_.latencies_ms)
+            figures[f"webhook_to_command_p99_ms_{key}"] = percentile(run_.latencies_ms, 99)
+            figures[f"webhooks_shed_{key}"] = run_.shed
+    if "rate" in parts:
+        run_ = await bench_orders_http(
+            cfg, 1, rate=cfg.rate, orders=max(cfg.machines, int(cfg.rate * 5))
+        )
+        figures["steady_rate_per_s"] = cfg.rate
+        figures["steady_orders_completed"] = run_.completed
+        figures["steady_webhook_to_command_p50_ms"] = statistics.median(run_.latencies_ms)
+        figures["steady_webhook_to_command_p99_ms"] = percentile(run_.latencies_ms, 99)
+        figures["steady_webhooks_shed"] = run_.shed
     return figures
+
+
+def table(figures: dict[str, float], inflight: int) -> list[str]:
+    """One row per figure: measured, the ceiling measured in the same run, their ratio."""
+    f = figures.get
+    rows: list[tuple[str, str, str, str]] = []
+
+    def row(name: str, value: float | None, ceiling: float | None, fmt: str = "{:.1f}") -> None:
+        if value is None:
+            return
+        ratio = f"{value / ceiling:.2f}" if ceiling else ""
+        shown = fmt.format(ceiling) if ceiling is not None else ""
+        rows.append((name, fmt.format(value), shown, ratio))
+
+    stmts = f("statements_per_order")
+    raw_us = f("asyncpg_us_per_statement")
+    raw_ms = stmts * raw_us / 1000 if stmts and raw_us else None
+    for key in ("1p", "2p"):
+        rate = f(f"orders_per_s_{key}")
+        if rate is None:
+            continue
+        procs = key[0]
+        # Ceiling: this order's statements executed on raw asyncpg, one core per process.
+        ceiling = int(procs) * 1000 / raw_ms if raw_ms else None
+        row(f"orders/s end to end, {inflight} in flight, {procs} process(es)", rate, ceiling)
+        row(f"  CPU ms per order ({procs} process(es))", f(f"cpu_ms_per_order_{key}"), raw_ms)
+        # Queueing alone explains inflight ÷ throughput; the ratio is the excess.
+        row(
+            f"  webhook→command p50 ms ({procs} process(es))",
+            f(f"webhook_to_command_p50_ms_{key}"),
+            inflight * 1000 / rate,
+        )
+        row(
+            f"  webhook→command p99 ms ({procs} process(es))",
+            f(f"webhook_to_command_p99_ms_{key}"),
+            None,
+        )
+        row(
+            f"  webhooks shed (503, retried) ({procs} process(es))",
+            f(f"webhooks_shed_{key}"),
+            None,
+            "{:.0f}",
+        )
+    if f("steady_rate_per_s"):
+        rate_s = f"{f('steady_rate_per_s'):g}/s"
+        row(f"webhook→command p50 ms at {rate_s}", f("steady_webhook_to_command_p50_ms"), 50.0)
+        row(f"webhook→command p99 ms at {rate_s}", f("steady_webhook_to_command_p99_ms"), 50.0)
+        row(f"  webhooks shed at {rate_s}", f("steady_webhooks_shed"), None, "{:.0f}")
+    row(
+        "telemetry stored msgs/s",
+        f("telemetry_msgs_per_s"),
+        f("telemetry_raw_broker_msgs_per_s"),
+        "{:.0f}",
+    )
+    row("  telemetry share stored", f("telemetry_share_stored"), 1.0, "{:.3f}")
+    row("statements per order (service layer)", stmts, 15.0)
+    row("transactions per order", f("transactions_per_order"), 4.0)
+    row("CPU µs per statement, SQLAlchemy Core", f("core_us_per_statement"), raw_us, "{:.0f}")
+    width = max((len(r[0]) for r in rows), default=10)
+    lines = [f"{'figure':<{width}}  {'measured':>10}  {'ceiling':>10}  {'ratio':>6}"]
+    lines += [f"{a:<{width}}  {b:>10}  {c:>10}  {d:>6}" for a, b, c, d in rows]
+    return lines

@@ -30,25 +30,57 @@ async def telemetry(
     await asyncio.gather(*(publisher(n) for n in range(publishers)))
 
 
-async def webhooks(base_url: str, bodies: dict[str, str]) -> dict[str, float]:
-    """POST every notification at once; returns when (time.time) each was sent."""
+async def webhooks(
+    urls: list[str], bodies: dict[str, str], *, inflight: int = 0, rate: float = 0.0
+) -> dict[str, object]:
+    """POST every notification, round-robin over `urls`: `inflight` at a time (each sender
+    waits for its answer), or at a steady `rate` per second (not waiting). A 503 is retried
+    after its Retry-After, as the gateway does; the first send time counts."""
     sent: dict[str, float] = {}
-    limits = httpx.Limits(max_connections=len(bodies) + 4)
-    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as http:
+    shed = 0
+    limits = httpx.Limits(max_connections=max(inflight, 64) + 4)
+    clients = [httpx.AsyncClient(base_url=u, timeout=60, limits=limits) for u in urls]
+    try:
         # Connections opened first, so the figure is not of TCP handshakes.
-        await asyncio.gather(*(http.get("/health") for _ in bodies))
+        await asyncio.gather(*(c.get("/health") for c in clients for _ in range(8)))
 
-        async def post(order_id: str) -> None:
+        async def post(n: int, order_id: str) -> None:
+            nonlocal shed
+            http = clients[n % len(clients)]
             sent[order_id] = time.time()
-            response = await http.post(
-                "/api/payments/webhook",
-                content=bodies[order_id],
-                headers={"content-type": "application/json"},
-            )
-            response.raise_for_status()
+            while True:
+                response = await http.post(
+                    "/api/payments/webhook",
+                    content=bodies[order_id],
+                    headers={"content-type": "application/json"},
+                )
+                if response.status_code != 503:
+                    response.raise_for_status()
+                    return
+                shed += 1
+                await asyncio.sleep(float(response.headers.get("retry-after", "1")))
 
-        await asyncio.gather(*(post(o) for o in bodies))
-    return sent
+        order_ids = list(bodies)
+        if inflight:
+            queue = iter(enumerate(order_ids))
+
+            async def sender() -> None:
+                for n, order_id in queue:
+                    await post(n, order_id)
+
+            await asyncio.gather(*(sender() for _ in range(inflight)))
+        else:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            tasks = []
+            for n, order_id in enumerate(order_ids):
+                await asyncio.sleep(max(0.0, start + n / rate - loop.time()))
+                tasks.append(asyncio.create_task(post(n, order_id)))
+            await asyncio.gather(*tasks)
+    finally:
+        for client in clients:
+            await client.aclose()
+    return {"sent": sent, "shed": shed}
 
 
 def main(argv: list[str]) -> None:
@@ -57,8 +89,13 @@ def main(argv: list[str]) -> None:
         host, port, prefix, publishers, total, *ids = args
         asyncio.run(telemetry(host, int(port), prefix, int(publishers), int(total), ids))
     elif kind == "webhooks":
+        mode, value, *urls = args
         bodies = json.loads(sys.stdin.read())
-        print(json.dumps(asyncio.run(webhooks(args[0], bodies))))
+        if mode == "inflight":
+            answer = asyncio.run(webhooks(urls, bodies, inflight=int(value)))
+        else:
+            answer = asyncio.run(webhooks(urls, bodies, rate=float(value)))
+        print(json.dumps(answer))
     else:
         raise SystemExit(f"unknown load {kind!r}")
 

@@ -131,11 +131,14 @@ class Container:
         if not workers:
             return
         self.intake.start()
+        # Only with a publisher running here may committed rows skip the poll.
+        self.ctx.hand_off = self.publisher.hand_off
         # After a crash: units queued behind a command that has since settled get sent.
         await commands.resume_idle_machines(self.ctx)
         self._tasks = [
             asyncio.create_task(self.mqtt.run(), name="mqtt"),
             asyncio.create_task(self.publisher.run(), name="outbox"),
+            asyncio.create_task(self.publisher.run_handoffs(), name="outbox-handoff"),
             asyncio.create_task(run_timers(self.ctx, self.metrics), name="timers"),
             asyncio.create_task(
                 run_payment_jobs(
@@ -158,6 +161,8 @@ class Container:
         ]
 
     async def stop(self) -> None:
+        # Rows committed from now on wait for the poll (of this process or the next).
+        self.ctx.hand_off = None
         await self.mqtt.stop()
         await self.intake.stop()
         for task in self._tasks:

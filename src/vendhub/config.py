@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     mqtt_embedded_bind: str = "127.0.0.1"
     mqtt_embedded_port: int = 1883
     mqtt_publish_timeout_s: float = 10.0
+    # Webhooks worked on at once; more are shed with 503 + Retry-After (the gateway retries).
+    webhook_max_inflight: int = Field(default=64, ge=1)
+    # Of those, worked on at once (the others wait their turn, FIFO).
+    webhook_concurrency: int = Field(default=3, ge=1)
     machine_id: str = "VM01"
 
     # Auth

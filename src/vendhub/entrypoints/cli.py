@@ -457,16 +457,20 @@ def bench(
         str | None, typer.Option(help="default: a new SQLite file in a temp dir")
     ] = None,
     broker: Annotated[str, typer.Option(help="host:port of a running broker")] = "127.0.0.1:1883",
-    parts: Annotated[str, typer.Option(help="comma list")] = "telemetry,orders,webhook",
+    parts: Annotated[
+        str, typer.Option(help="comma list of telemetry,statements,orders,orders2,rate")
+    ] = "telemetry,statements,orders,orders2,rate",
     telemetry_messages: int = 20_000,
     orders: int = 1000,
-    machines: int = 50,
+    machines: int = 100,
+    rate: Annotated[float, typer.Option(help="webhooks/s of the steady-rate run")] = 100.0,
 ) -> None:
-    """Measure telemetry msgs/s stored, orders/s completed, webhook→command latency."""
+    """Measure telemetry, orders/s, webhook→command latency (in flight and at a steady rate),
+    statements and CPU per order, 1 and 2 processes; each beside its ceiling."""
     import tempfile
     from pathlib import Path
 
-    from vendhub.bench import BenchConfig, run
+    from vendhub.bench import BenchConfig, run, table
 
     url = database_url or f"sqlite+aiosqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}"
     from vendhub.config import normalise_database_url
@@ -479,12 +483,15 @@ def bench(
         telemetry_messages=telemetry_messages,
         orders=orders,
         machines=machines,
+        rate=rate,
     )
     logging.basicConfig(level="WARNING")
     figures = run_async(run(cfg, set(parts.split(","))))
     print(f"database: {_redacted(cfg.database_url)}")
     for name, value in figures.items():
         print(f"{name}: {value:.1f}")
+    print()
+    print("\n".join(table(figures, cfg.webhooks)))
 
 
 @broker_app.command("config")

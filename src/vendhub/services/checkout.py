@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -13,7 +14,7 @@ from vendhub.domain.payments import PaymentStatus
 from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import lock_order
 from vendhub.services.errors import Conflict, NotFound
-from vendhub.services.orders import OrderLine, OrderOrigin, close_unpaid, place_order
+from vendhub.services.orders import OrderLine, OrderOrigin, PlacedOrder, close_unpaid, place_order
 from vendhub.services.ports import GatewayError, PaymentLine, PaymentProvider, PaymentRequest
 from vendhub.services.rows import every
 
@@ -32,7 +33,7 @@ async def checkout(
     payment_method: str | None,
     origin: OrderOrigin | None = None,
 ) -> str:
-    order_id = await place_order(
+    placed = await place_order(
         ctx,
         machine_id,
         lines,
@@ -41,8 +42,9 @@ async def checkout(
         payment_method=payment_method,
         origin=origin,
     )
+    order_id = placed.order_id
     try:
-        await _attach_payment(ctx, provider, order_id)
+        await _attach_payment(ctx, provider, order_id, placed)
     except GatewayError:
         # No way to pay: give the stock back now rather than at the TTL.
         async with ctx.engine.begin() as conn:
@@ -91,19 +93,37 @@ async def _set_method(conn: AsyncConnection, order_id: str, method: str | None) 
     )
 
 
-async def _attach_payment(ctx: ServiceContext, provider: PaymentProvider, order_id: str) -> None:
-    async with ctx.engine.connect() as conn:
-        order = (
-            (await conn.execute(sa.select(orders).where(orders.c.id == order_id))).mappings().one()
+async def _attach_payment(
+    ctx: ServiceContext,
+    provider: PaymentProvider,
+    order_id: str,
+    placed: PlacedOrder | None = None,
+) -> None:
+    """`placed`: the order just created in this call (then nothing is read back)."""
+    if placed is None:
+        async with ctx.engine.connect() as conn:
+            order = (
+                (await conn.execute(sa.select(orders).where(orders.c.id == order_id)))
+                .mappings()
+                .one()
+            )
+            items: list[Any] = await every(
+                conn, sa.select(order_items).where(order_items.c.order_id == order_id)
+            )
+        placed = PlacedOrder(
+            order_id,
+            order["total_amount"],
+            order["payment_method"],
+            order["customer_phone"],
+            items,
         )
-        items = await every(conn, sa.select(order_items).where(order_items.c.order_id == order_id))
     ttl_minutes = max(1, ctx.tunables.order_ttl_s // 60)
     request = PaymentRequest(
         order_id=order_id,
-        amount=order["total_amount"],
+        amount=placed.total_amount,
         expiry_minutes=ttl_minutes,
-        payment_method=order["payment_method"],
-        customer_phone=order["customer_phone"],
+        payment_method=placed.payment_method,
+        customer_phone=placed.customer_phone,
         lines=[
             PaymentLine(
                 id=str(i["slot_number"]),
@@ -111,7 +131,7 @@ async def _attach_payment(ctx: ServiceContext, provider: PaymentProvider, order_
                 price=i["unit_price"],
                 quantity=i["quantity"],
             )
-            for i in items
+            for i in placed.items
         ],
     )
     instructions = await provider.create_payment(request)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -16,31 +15,13 @@ from vendhub.domain.model import OrderStatus, UnitStatus, check_order_transition
 from vendhub.protocol.messages import DispenseCommand
 from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import dispatch_next, settle_unit
-from vendhub.services.outbox import OutboxKind, enqueue
+from vendhub.services.outbox import CLAIM_LEASE_S, OutboxItem, OutboxKind, enqueue
 from vendhub.services.passes import isolated
 from vendhub.services.rows import every, first
 
+__all__ = ["CLAIM_LEASE_S", "OutboxItem"]  # re-exported: callers know them from here
+
 log = logging.getLogger(__name__)
-
-# Longer than a batch's publishes can take (each waits at most MQTT_PUBLISH_TIMEOUT_S, 10 s);
-# rows claimed by a replica that died go out again after it.
-CLAIM_LEASE_S = 30
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxItem:
-    id: int
-    kind: OutboxKind
-    machine_id: str
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    dispense_id: str | None
-    # False for a dispense whose unit settled or expired meanwhile: not worth sending.
-    sendable: bool = True
-    timeout_ms: int = 0
-    order_id: str | None = None
 
 
 async def pending(ctx: ServiceContext, limit: int = 500) -> list[OutboxItem]:

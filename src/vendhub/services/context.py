@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -55,6 +56,9 @@ class ServiceContext:
     clock: Callable[[], datetime] = utcnow
     # Called after a commit that wrote outbox rows, so the publisher need not poll.
     wake_outbox: Callable[[], None] = lambda: None
+    # The in-process publisher: committed outbox rows go to it at once (services/outbox.py).
+    # None (CLI, tests): rows wait for whoever polls the outbox.
+    hand_off: Callable[[Sequence[Any]], None] | None = None
     mqtt_connected: Callable[[], bool] = lambda: False
     # Called when a unit settles: (dropped, seconds from first send to result or None).
     unit_settled: Callable[[bool, float | None], None] = lambda dropped, latency: None

@@ -120,29 +120,31 @@ async def create_units(
         for _ in range(item["quantity"])
     ]
     await conn.execute(sa.insert(dispenses), rows)
-    reachable = ctx.mqtt_connected() and await _machine_reachable(conn, machine_id)
+    # Locked once here for both the reachability answer and the dispatch that follows.
+    machine = await lock_machine(conn, machine_id)
+    reachable = ctx.mqtt_connected() and (machine["status"] if machine else None) not in UNREACHABLE
     target = OrderStatus.DISPENSING if reachable else OrderStatus.PENDING_DISPENSE
     await move_order(conn, order_id, OrderStatus.PAID, target, now)
-    await dispatch_next(ctx, conn, machine_id)
+    await dispatch_next(ctx, conn, machine_id, locked=machine)
 
 
-async def _machine_reachable(conn: AsyncConnection, machine_id: str) -> bool:
-    status = await conn.scalar(sa.select(machines.c.status).where(machines.c.id == machine_id))
-    return status not in UNREACHABLE
+_INFLIGHT = dispenses.alias("inflight")
 
 
-async def dispatch_next(ctx: ServiceContext, conn: AsyncConnection, machine_id: str) -> bool:
+async def dispatch_next(
+    ctx: ServiceContext,
+    conn: AsyncConnection,
+    machine_id: str,
+    *,
+    locked: RowMapping | None = None,
+) -> bool:
     """Put the oldest queued unit of this machine in flight, unless one already is or the
-    machine is known to be offline (then it waits; a status ONLINE dispatches it)."""
+    machine is known to be offline (then it waits; a status ONLINE dispatches it).
+    `locked`: the machine row, if the caller already holds its lock in this transaction."""
     # Serialises dispatchers of one machine (a no-op on SQLite, which serialises writers).
-    machine = await lock_machine(conn, machine_id)
+    machine = locked if locked is not None else await lock_machine(conn, machine_id)
     status = machine["status"] if machine else None
     if status in UNREACHABLE:
-        return False
-    busy = await conn.scalar(
-        sa.select(dispenses.c.id).where(dispenses.c.inflight_machine == machine_id)
-    )
-    if busy is not None:
         return False
     unit = await first(
         conn,
@@ -152,6 +154,8 @@ async def dispatch_next(ctx: ServiceContext, conn: AsyncConnection, machine_id: 
             dispenses.c.status == UnitStatus.QUEUED.value,
             # Past its queue deadline a unit is refunded (give_up_due), never sent.
             dispenses.c.expires_at > ctx.clock(),
+            # One query with the "is a unit already in flight here" check.
+            ~sa.exists().where(_INFLIGHT.c.inflight_machine == machine_id),
         )
         .order_by(dispenses.c.id)
         .limit(1),

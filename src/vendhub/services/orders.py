@@ -62,7 +62,7 @@ async def place_order(
     customer_phone: str | None = None,
     payment_method: str | None = None,
     origin: OrderOrigin | None = None,
-) -> str:
+) -> PlacedOrder:
     """Reserve stock for every line and create the order, all or nothing."""
     machine_id = machine_id or ctx.tunables.default_machine_id
     if not lines:
@@ -130,7 +130,18 @@ async def place_order(
                 updated_at=now,
             )
         )
-    return order_id
+    return PlacedOrder(order_id, total, payment_method, customer_phone, items)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedOrder:
+    """What checkout needs to ask the gateway for payment, without reading it back."""
+
+    order_id: str
+    total_amount: int
+    payment_method: str | None
+    customer_phone: str | None
+    items: list[dict[str, Any]]
 
 
 async def _within_caps(

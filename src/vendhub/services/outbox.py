@@ -1,9 +1,14 @@
-"""Writing commands to the outbox inside the caller's transaction."""
+"""Writing commands to the outbox inside the caller's transaction, and handing them over."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -12,12 +17,62 @@ from vendhub.adapters.db.tables import outbox
 from vendhub.protocol.messages import AckCommand, DispenseCommand, MachineConfig, SyncCommand
 from vendhub.protocol.topics import TopicKind, topic
 
+if TYPE_CHECKING:
+    from vendhub.services.context import ServiceContext
+
+# Longer than a batch's publishes can take (each waits at most MQTT_PUBLISH_TIMEOUT_S, 10 s);
+# rows claimed by a replica (or a hand-off) that died go out again after it.
+CLAIM_LEASE_S = 30
+
 
 class OutboxKind(StrEnum):
     DISPENSE = "dispense"
     ACK = "ack"
     SYNC = "sync"
     CONFIG = "config"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    kind: OutboxKind
+    machine_id: str
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    dispense_id: str | None
+    # False for a dispense whose unit settled or expired meanwhile: not worth sending.
+    sendable: bool = True
+    timeout_ms: int = 0
+    order_id: str | None = None
+
+
+# Rows written while a hand-off is open (see `handing_off`) are claimed at insert and
+# collected here, to be published by this process right after the commit.
+_collecting: ContextVar[list[OutboxItem] | None] = ContextVar("outbox_handoff", default=None)
+
+
+@contextmanager
+def handing_off(ctx: ServiceContext) -> Iterator[list[OutboxItem]]:
+    """Around one transaction: the outbox rows it writes are returned for `hand_off` after
+    the commit. Without an in-process publisher (CLI, tests) nothing is collected or claimed."""
+    items: list[OutboxItem] = []
+    token = _collecting.set(items if ctx.hand_off is not None else None)
+    try:
+        yield items
+    finally:
+        _collecting.reset(token)
+
+
+def hand_off(ctx: ServiceContext, items: list[OutboxItem]) -> None:
+    """After the commit: committed rows go to the publisher now; the outbox poll is only the
+    fallback (a lost hand-off is published again once its claim lapses)."""
+    if ctx.hand_off is None:
+        ctx.wake_outbox()
+    elif items:
+        # Every row of the transaction is in `items`: nothing for the poll to find.
+        ctx.hand_off(items)
 
 
 async def enqueue(
@@ -34,15 +89,39 @@ async def enqueue(
     else:
         kind = OutboxKind(message.cmd)
         kind_topic, retain = TopicKind.COMMAND, False
-    await conn.execute(
+    collected = _collecting.get()
+    row_topic = topic(prefix, machine_id, kind_topic)
+    payload = message.to_bytes()
+    inserted = await conn.execute(
         sa.insert(outbox).values(
             kind=kind.value,
             machine_id=machine_id,
-            topic=topic(prefix, machine_id, kind_topic),
-            payload=message.to_bytes().decode(),
+            topic=row_topic,
+            payload=payload.decode(),
             qos=1,
             retain=retain,
             dispense_id=dispense_id,
             created_at=now,
+            # Handed off: the poll leaves it alone unless this process never marks it sent.
+            claimed_until=now + timedelta(seconds=CLAIM_LEASE_S) if collected is not None else None,
+        )
+    )
+    if collected is None:
+        return
+    (row_id,) = inserted.inserted_primary_key or (None,)
+    if row_id is None:
+        raise RuntimeError("outbox insert returned no id")
+    collected.append(
+        OutboxItem(
+            int(row_id),
+            kind,
+            machine_id,
+            row_topic,
+            payload,
+            1,
+            retain,
+            dispense_id,
+            timeout_ms=message.timeout_ms if isinstance(message, DispenseCommand) else 0,
+            order_id=message.order_id if isinstance(message, DispenseCommand) else None,
         )
     )

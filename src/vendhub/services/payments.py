@@ -6,12 +6,14 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
+from functools import partial
 
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vendhub.adapters.db.engine import retry_on_disconnect
 from vendhub.adapters.db.tables import (
     order_items,
     payment_notifications,
@@ -20,8 +22,8 @@ from vendhub.adapters.db.tables import (
 )
 from vendhub.domain.model import OrderStatus, OutOfStock
 from vendhub.domain.payments import PaymentStatus
+from vendhub.services import outbox, stock
 from vendhub.services import refunds as refunds_service
-from vendhub.services import stock
 from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import create_units, lock_order, revive_order, set_order_status
 from vendhub.services.errors import InvalidRequest, NotFound
@@ -57,7 +59,8 @@ async def receive_notification(
 async def apply_notification(ctx: ServiceContext, note: Notification) -> Outcome:
     """The one path for a verified notification, from the webhook or from a status query."""
     try:
-        outcome = await _store_and_apply(ctx, note)
+        with outbox.handing_off(ctx) as handed:
+            outcome = await retry_on_disconnect(partial(_store_and_apply, ctx, note))
     except IntegrityError:
         # The unique (order, transaction, status) row exists: this exact notification was
         # already stored and applied in a committed transaction.
@@ -72,7 +75,7 @@ async def apply_notification(ctx: ServiceContext, note: Notification) -> Outcome
         note.source,
         outcome.value,
     )
-    ctx.wake_outbox()
+    outbox.hand_off(ctx, handed)
     return outcome
 
 
@@ -93,7 +96,10 @@ async def _store_and_apply(ctx: ServiceContext, note: Notification) -> Outcome:
                 f"gross_amount {note.gross_amount} does not match the order total "
                 f"{order['total_amount']}"
             )
-        inserted = await conn.execute(
+        outcome = await _apply(ctx, conn, order, note)
+        # Stored last, with its outcome (one statement): a copy of a stored notification
+        # fails here on the unique key and rolls back everything it would have done.
+        await conn.execute(
             sa.insert(payment_notifications).values(
                 order_id=note.order_id,
                 transaction_id=note.dedup_id,
@@ -102,17 +108,10 @@ async def _store_and_apply(ctx: ServiceContext, note: Notification) -> Outcome:
                 fraud_status=note.fraud_status,
                 status_code=note.status_code,
                 gross_amount=note.gross_amount,
-                outcome="",
+                outcome=outcome.value,
                 raw=note.raw,
                 received_at=now,
             )
-        )
-        notification_id = (inserted.inserted_primary_key or (None,))[0]
-        outcome = await _apply(ctx, conn, order, note)
-        await conn.execute(
-            sa.update(payment_notifications)
-            .where(payment_notifications.c.id == notification_id)
-            .values(outcome=outcome.value)
         )
     return outcome
 
@@ -122,8 +121,8 @@ async def _apply(
 ) -> Outcome:
     status = OrderStatus(order["status"])
     if note.status is PaymentStatus.PAID:
-        receipt = await _record_receipt(ctx, conn, order, note)
-        if receipt is None:
+        receipt_id = await _record_receipt(ctx, conn, order, note)
+        if receipt_id is None:
             # This transaction's money is already in the ledger (capture then settlement,
             # webhook then status): whatever it led to, it must not lead to it twice.
             return Outcome.ALREADY_PAID
@@ -140,6 +139,11 @@ async def _apply(
             await _record_payment(conn, order["id"], note, now)
         else:
             log.warning("extra payment order=%s transaction=%s", order["id"], note.transaction_id)
+        receipt = await first(
+            conn, sa.select(payment_receipts).where(payment_receipts.c.id == receipt_id)
+        )
+        if receipt is None:
+            raise RuntimeError(f"receipt {receipt_id} vanished")
         await refunds_service.owe_payment_back(conn, order["id"], receipt, late=closed, now=now)
         return Outcome.LATE_PAYMENT if closed else Outcome.EXTRA_PAYMENT
     if note.status in (PaymentStatus.FAILED, PaymentStatus.EXPIRED):
@@ -167,8 +171,9 @@ async def _apply(
 
 async def _record_receipt(
     ctx: ServiceContext, conn: AsyncConnection, order: RowMapping, note: Notification
-) -> RowMapping | None:
-    """The ledger row of a gateway payment; None if this transaction is already booked."""
+) -> str | None:
+    """Books a gateway payment in the ledger; its id, or None if this transaction is already
+    booked."""
     exists = await conn.scalar(
         sa.select(payment_receipts.c.id).where(
             payment_receipts.c.order_id == order["id"],
@@ -188,9 +193,7 @@ async def _record_receipt(
         "received_at": ctx.clock(),
     }
     await conn.execute(sa.insert(payment_receipts).values(**receipt))
-    return await first(
-        conn, sa.select(payment_receipts).where(payment_receipts.c.id == receipt["id"])
-    )
+    return str(receipt["id"])
 
 
 async def _mark_paid(

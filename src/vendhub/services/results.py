@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vendhub.adapters.db.engine import retry_on_disconnect
 from vendhub.adapters.db.tables import dispense_results, dispenses, machine_events, refunds
 from vendhub.domain.model import RefundStatus, UnitStatus
 from vendhub.protocol.messages import AckCommand, DispenseResult
+from vendhub.services import outbox
 from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import correct_late_drop, settle_unit
 from vendhub.services.outbox import enqueue
@@ -31,48 +34,99 @@ class ResultOutcome(StrEnum):
     COPY = "COPY"  # commandId-less, and too soon after the command to be its own result
 
 
+# One result as it arrived: (machine id, parsed result, raw payload).
+Arrival = tuple[str, DispenseResult, str]
+
+
 async def apply_result(
     ctx: ServiceContext, machine_id: str, result: DispenseResult, raw: str
 ) -> ResultOutcome:
-    fingerprint = _fingerprint(result)
-    async with ctx.engine.begin() as conn:
-        if result.command_id:
-            unit = await _by_command(conn, machine_id, result.command_id)
-            outcome = await _apply(ctx, conn, machine_id, unit, result)
-        else:
-            unit, outcome = await _apply_without_command_id(
-                ctx, conn, machine_id, result, fingerprint
+    [outcome] = await _apply_in_one_transaction(ctx, [(machine_id, result, raw)])
+    return outcome
+
+
+async def apply_results(ctx: ServiceContext, batch: list[Arrival]) -> list[ResultOutcome]:
+    """Results that arrived together, applied in one transaction; their acks go out after
+    its commit. If the batch fails as a whole, each result is applied on its own, so one bad
+    result costs only itself: it is logged and left out (its device re-sends until acked)."""
+    if len(batch) > 1:
+        try:
+            return await _apply_in_one_transaction(ctx, batch)
+        except Exception as exc:
+            log.warning("batch of %d results failed (%s); applying each alone", len(batch), exc)
+    outcomes: list[ResultOutcome] = []
+    for machine_id, result, raw in batch:
+        try:
+            outcomes.append(await apply_result(ctx, machine_id, result, raw))
+        except Exception:
+            log.exception(
+                "failed to apply result command=%s from %s", result.command_id, machine_id
             )
-        await conn.execute(
-            sa.insert(dispense_results).values(
-                machine_id=machine_id,
-                command_id=result.command_id,
-                order_id=result.order_id,
-                slot_number=result.slot,
-                outcome=outcome.value,
-                payload=raw,
-                received_at=ctx.clock(),
-                dispense_id=unit["id"] if unit is not None else None,
-                fingerprint=fingerprint,
-            )
+    return outcomes
+
+
+async def _apply_in_one_transaction(
+    ctx: ServiceContext, batch: list[Arrival]
+) -> list[ResultOutcome]:
+    # Machines in one global order (stable: a machine's results keep their order), so two
+    # batches never lock two machines' rows in opposite orders.
+    order = sorted(range(len(batch)), key=lambda n: batch[n][0])
+    with outbox.handing_off(ctx) as handed:
+        applied = await retry_on_disconnect(partial(_apply_all, ctx, [batch[n] for n in order]))
+    outcomes: list[ResultOutcome] = [ResultOutcome.UNKNOWN] * len(batch)
+    for n, outcome in zip(order, applied, strict=True):
+        outcomes[n] = outcome
+        machine_id, result, _ = batch[n]
+        log.info(
+            "result machine=%s command=%s order=%s outcome=%s",
+            machine_id,
+            result.command_id,
+            result.order_id,
+            outcome.value,
         )
-        if unit is not None and outcome not in (ResultOutcome.UNKNOWN, ResultOutcome.COPY):
-            # Acknowledged only once the outcome is committed (this transaction).
-            await enqueue(
-                conn,
-                ctx.tunables.topic_prefix,
-                machine_id,
-                AckCommand(command_id=unit["id"]),
-                ctx.clock(),
-            )
-    log.info(
-        "result machine=%s command=%s order=%s outcome=%s",
-        machine_id,
-        result.command_id,
-        result.order_id,
-        outcome.value,
+    outbox.hand_off(ctx, handed)
+    return outcomes
+
+
+async def _apply_all(ctx: ServiceContext, batch: list[Arrival]) -> list[ResultOutcome]:
+    async with ctx.engine.begin() as conn:
+        return [
+            await _apply_and_record(ctx, conn, machine_id, result, raw)
+            for machine_id, result, raw in batch
+        ]
+
+
+async def _apply_and_record(
+    ctx: ServiceContext, conn: AsyncConnection, machine_id: str, result: DispenseResult, raw: str
+) -> ResultOutcome:
+    fingerprint = _fingerprint(result)
+    if result.command_id:
+        unit = await _by_command(conn, machine_id, result.command_id)
+        outcome = await _apply(ctx, conn, machine_id, unit, result)
+    else:
+        unit, outcome = await _apply_without_command_id(ctx, conn, machine_id, result, fingerprint)
+    await conn.execute(
+        sa.insert(dispense_results).values(
+            machine_id=machine_id,
+            command_id=result.command_id,
+            order_id=result.order_id,
+            slot_number=result.slot,
+            outcome=outcome.value,
+            payload=raw,
+            received_at=ctx.clock(),
+            dispense_id=unit["id"] if unit is not None else None,
+            fingerprint=fingerprint,
+        )
     )
-    ctx.wake_outbox()
+    if unit is not None and outcome not in (ResultOutcome.UNKNOWN, ResultOutcome.COPY):
+        # Acknowledged only once the outcome is committed (this transaction).
+        await enqueue(
+            conn,
+            ctx.tunables.topic_prefix,
+            machine_id,
+            AckCommand(command_id=unit["id"]),
+            ctx.clock(),
+        )
     return outcome
 
 

@@ -23,7 +23,10 @@ TELEMETRY_QUEUE_SIZE = 20_000
 TELEMETRY_BATCH = 2000
 TELEMETRY_FLUSH_S = 0.2
 TELEMETRY_POLL_S = 0.02  # how often a partial batch looks for more within the window
-EVENT_WORKERS = 4
+# Results free machines for their next unit: enough workers to keep up beside HTTP work.
+EVENT_WORKERS = 8
+# Results that arrived together, applied in one transaction (services/results.py).
+RESULT_BATCH = 50
 
 
 class Intake:
@@ -81,26 +84,33 @@ class Intake:
 
     async def _event_worker(self) -> None:
         while True:
-            machine_id, kind, payload = await self.events.get()
+            events = [await self.events.get()]
+            # Whatever else is already waiting goes with it: results in one transaction.
+            while len(events) < RESULT_BATCH and not self.events.empty():
+                events.append(self.events.get_nowait())
             try:
-                await self._apply_event(machine_id, kind, payload)
+                await self._apply_events(events)
+            finally:
+                for _ in events:
+                    self.events.task_done()
+
+    async def _apply_events(self, events: list[tuple[str, TopicKind, bytes]]) -> None:
+        arrivals: list[results.Arrival] = []
+        for machine_id, kind, payload in events:
+            try:
+                if kind is TopicKind.DISPENSE_RESULT:
+                    arrivals.append((machine_id, parse_result(payload), payload.decode("utf-8")))
+                else:
+                    await fleet.apply_status(self.ctx, machine_id, parse_status(payload))
             except InvalidPayload as exc:
                 self._invalid(f"{machine_id}/{kind.value}", kind, exc)
             except Exception:
                 # A database hiccup must not kill the worker; the device re-sends until acked.
                 log.exception("failed to apply %s from %s", kind.value, machine_id)
-            finally:
-                self.events.task_done()
-
-    async def _apply_event(self, machine_id: str, kind: TopicKind, payload: bytes) -> None:
-        if kind is TopicKind.DISPENSE_RESULT:
-            result = parse_result(payload)
-            outcome = await results.apply_result(
-                self.ctx, machine_id, result, payload.decode("utf-8")
-            )
+        if not arrivals:
+            return
+        for outcome in await results.apply_results(self.ctx, arrivals):
             self.metrics.results.labels(outcome.value).inc()
-        else:
-            await fleet.apply_status(self.ctx, machine_id, parse_status(payload))
 
     async def _telemetry_writer(self) -> None:
         while True:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from vendhub.adapters.mqtt.client import MqttClient, MqttNotConnected, MqttPublishError
 from vendhub.metrics import Metrics
 from vendhub.services import commands
-from vendhub.services.commands import OutboxItem
 from vendhub.services.context import ServiceContext
+from vendhub.services.outbox import OutboxItem
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +26,45 @@ class OutboxPublisher:
         self.mqtt = mqtt
         self.metrics = metrics
         self._wake = asyncio.Event()
+        # Rows committed by this process, published without waiting for the poll. Bounded by
+        # what the edge admits (webhooks beyond WEBHOOK_MAX_INFLIGHT are shed).
+        self._handed: asyncio.Queue[OutboxItem] = asyncio.Queue()
 
     def wake(self) -> None:
         self._wake.set()
+
+    def hand_off(self, items: Sequence[Any]) -> None:
+        """Committed rows, already claimed at insert: published by `run_handoffs` at once."""
+        for item in items:
+            self._handed.put_nowait(item)
+
+    async def run_handoffs(self) -> None:
+        while True:
+            batch = [await self._handed.get()]
+            while not self._handed.empty():
+                batch.append(self._handed.get_nowait())
+            try:
+                await self.publish_handed(batch)
+            except Exception:
+                # They stay claimed: the outbox poll sends them once the claim lapses.
+                log.exception("hand-off of %d row(s) failed; the outbox poll retries", len(batch))
+            finally:
+                for _ in batch:
+                    self._handed.task_done()
+
+    async def drained(self) -> None:
+        """Every row handed off so far is published and marked (or given back)."""
+        await self._handed.join()
+
+    async def publish_handed(self, items: list[OutboxItem]) -> int:
+        """Publish, then mark sent in one transaction; unsent rows go back to the poll."""
+        sent, complete = await self._publish_batch(items)
+        await commands.mark_done(self.ctx, sent, [])
+        if not complete:
+            sent_ids = {i.id for i in sent}
+            await commands.release(self.ctx, [i for i in items if i.id not in sent_ids])
+            self.wake()
+        return len(sent)
 
     async def run(self) -> None:
         while True:

@@ -29,6 +29,7 @@ from vendhub.entrypoints.api.routers import (
     stock,
     telemetry,
 )
+from vendhub.entrypoints.api.shedding import InflightLimit
 from vendhub.entrypoints.web import app as web
 
 
@@ -58,6 +59,9 @@ def create_app(
         description="Cashless vending fleet backend: orders, payments, MQTT dispensing.",
     )
     app.state.container = the_container
+    app.state.webhook_gate = InflightLimit(
+        settings.webhook_max_inflight, settings.webhook_concurrency
+    )
     errors.install(app)
     app.state.limits = security.RateLimits(settings)
     if settings.cors_origin_list:

@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from vendhub.adapters.payments.sandbox import SandboxProvider
 from vendhub.domain.model import OrderStatus
@@ -15,6 +15,7 @@ from vendhub.entrypoints.api.deps import ContainerDep, CtxDep
 from vendhub.entrypoints.api.replies import OrderCancelled, PaymentOutcome, PaymentVerified
 from vendhub.entrypoints.api.routers.orders import load, order_status_public
 from vendhub.entrypoints.api.schemas import OrderPublic, PaymentMethodChange, VerifyClaim
+from vendhub.entrypoints.api.shedding import InflightLimit, overloaded
 from vendhub.entrypoints.web.kiosk import qr_svg
 from vendhub.entrypoints.web.render import Pages, svg
 from vendhub.services import checkout, orders, reconcile
@@ -25,13 +26,26 @@ from vendhub.services.views import PaymentView
 router = APIRouter(prefix="/api/payments", tags=["payments"])
 
 
-@router.post("/webhook")
-async def webhook(request: Request, container: ContainerDep) -> PaymentOutcome:
-    """Midtrans HTTP notification: verified over the raw body, stored, applied once."""
-    body = await request.body()
-    outcome = await payment_service.receive_notification(
-        container.ctx, container.payments, dict(request.headers), body
-    )
+@router.post(
+    "/webhook",
+    response_model=PaymentOutcome,
+    responses={503: {"description": "overloaded: retry after Retry-After"}},
+)
+async def webhook(request: Request, container: ContainerDep) -> PaymentOutcome | JSONResponse:
+    """Midtrans HTTP notification: verified over the raw body, stored, applied once.
+    Beyond WEBHOOK_MAX_INFLIGHT at once it is shed before any work (503; Midtrans retries)."""
+    gate: InflightLimit = request.app.state.webhook_gate
+    if not gate.enter():
+        container.metrics.webhooks.labels("shed").inc()
+        return overloaded()
+    try:
+        body = await request.body()
+        async with gate.working:
+            outcome = await payment_service.receive_notification(
+                container.ctx, container.payments, dict(request.headers), body
+            )
+    finally:
+        gate.leave()
     container.metrics.webhooks.labels(outcome.value).inc()
     return PaymentOutcome(outcome=outcome.value)
 
