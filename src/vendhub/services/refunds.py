@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vendhub.adapters.db.tables import (
     dispenses,
-    machine_events,
     orders,
     payment_receipts,
     payments,
@@ -31,7 +30,7 @@ from vendhub.domain.model import (
     refund_owed,
 )
 from vendhub.domain.payments import PaymentStatus
-from vendhub.services import dispatch
+from vendhub.services import alerts, dispatch
 from vendhub.services.context import PaymentPolicy, ServiceContext
 from vendhub.services.errors import Conflict, NotFound
 from vendhub.services.ids import new_id
@@ -344,20 +343,19 @@ async def _alert(
     machine_id = await conn.scalar(
         sa.select(orders.c.machine_id).where(orders.c.id == row["order_id"])
     )
-    await conn.execute(
-        sa.insert(machine_events).values(
-            machine_id=machine_id or "-",
-            event_type=kind,
-            severity="critical",
-            message=message,
-            details={
-                "order_id": row["order_id"],
-                "refund_id": row["id"],
-                "refund_key": row["refund_key"],
-                "amount": row["amount"],
-            },
-            created_at=ctx.clock(),
-        )
+    await alerts.record(
+        conn,
+        machine_id=machine_id or "-",
+        kind=kind,
+        message=message,
+        severity=alerts.Severity.CRITICAL,
+        now=ctx.clock(),
+        details={
+            "order_id": row["order_id"],
+            "refund_id": row["id"],
+            "refund_key": row["refund_key"],
+            "amount": row["amount"],
+        },
     )
 
 

@@ -13,10 +13,10 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vendhub.adapters.db.engine import retry_on_disconnect
-from vendhub.adapters.db.tables import dispense_results, dispenses, machine_events, refunds
+from vendhub.adapters.db.tables import dispense_results, dispenses, refunds
 from vendhub.domain.model import RefundStatus, UnitStatus
 from vendhub.protocol.messages import AckCommand, DispenseResult
-from vendhub.services import outbox
+from vendhub.services import alerts, outbox
 from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import correct_late_drop, settle_unit
 from vendhub.services.outbox import enqueue
@@ -327,14 +327,12 @@ async def _alert(
     severity: str = "warning",
     details: dict[str, Any] | None = None,
 ) -> None:
-    log.warning("alert machine=%s %s: %s", machine_id, kind, message)
-    await conn.execute(
-        sa.insert(machine_events).values(
-            machine_id=machine_id,
-            event_type=kind,
-            severity=severity,
-            message=message,
-            details=details,
-            created_at=ctx.clock(),
-        )
+    await alerts.record(
+        conn,
+        machine_id=machine_id,
+        kind=kind,
+        message=message,
+        severity=alerts.Severity(severity),
+        now=ctx.clock(),
+        details=details,
     )
