@@ -1,4 +1,9 @@
-"""`vendhub serve`: uvicorn + the container; `--demo` adds a simulated VM01 and one order."""
+"""`vendhub serve`: uvicorn + the container; `--demo` adds a simulated VM01 and one order.
+
+`--workers N` (N > 1): this process binds the HTTP socket and supervises N worker processes
+that accept on it, each a whole `vendhub serve` (API, MQTT client, background jobs) with its
+own MQTT client id; see `supervise`.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Generator
+from dataclasses import dataclass
 from types import FrameType
 
 import httpx
@@ -62,10 +73,21 @@ def _exit_now() -> None:
     os._exit(1)
 
 
-async def run_server(settings: Settings, *, demo: bool = False, migrate: bool = False) -> int:
+async def run_server(
+    settings: Settings,
+    *,
+    demo: bool = False,
+    migrate: bool = False,
+    sock: socket.socket | None = None,
+    parent_pid: int | None = None,
+) -> int:
+    """One serving process. As a worker of `supervise`: `sock` is the supervisor's listening
+    socket, and the worker stops when `parent_pid` is no longer its parent."""
     # Checked before uvicorn starts: a failure inside its lifespan prints a traceback and
-    # leaves the embedded broker's tasks behind.
-    check_settings(settings)
+    # leaves the embedded broker's tasks behind. (A worker's supervisor checked them and
+    # holds the port.)
+    if sock is None:
+        check_settings(settings)
     check_sqlite_directory(settings.resolved_database_url)
     if migrate:
         await upgrade_async(settings.resolved_database_url)
@@ -88,8 +110,10 @@ async def run_server(settings: Settings, *, demo: bool = False, migrate: bool = 
     tasks: list[asyncio.Task[None]] = []
     if demo:
         tasks.append(asyncio.create_task(_demo(settings, server)))
+    if parent_pid is not None:
+        tasks.append(asyncio.create_task(_orphan_watch(server, parent_pid)))
     try:
-        await server.serve()
+        await server.serve(sockets=[sock] if sock is not None else None)
     except BrokerPortInUse as exc:  # taken between the check and the bind
         raise StartupError(str(exc)) from None
     finally:
@@ -98,6 +122,14 @@ async def run_server(settings: Settings, *, demo: bool = False, migrate: bool = 
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
     return 0 if server.started else 1
+
+
+async def _orphan_watch(server: uvicorn.Server, parent_pid: int) -> None:
+    """A worker whose supervisor died (kill -9) stops too, instead of serving on unsupervised."""
+    while os.getppid() == parent_pid:  # noqa: ASYNC110 - nothing to wait on but polling
+        await asyncio.sleep(1.0)
+    log.warning("supervisor %d is gone; this worker stops", parent_pid)
+    server.should_exit = True
 
 
 async def _demo(settings: Settings, server: uvicorn.Server) -> None:
@@ -156,3 +188,213 @@ async def _demo_order(settings: Settings) -> None:
             order_id,
             base,
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# `vendhub serve --workers N`
+
+WORKER_ENV = "VENDHUB_WORKER"  # "{index}:{listening fd}:{supervisor pid}", set for workers only
+# A worker that exits sooner than this after starting counts as failing at start; after
+# START_FAILURES_MAX of those in a row the supervisor gives up rather than loop forever.
+STABLE_S = 30.0
+START_FAILURES_MAX = 5
+RESTART_BACKOFF_MAX_S = 30.0
+POLL_S = 0.2
+
+
+def check_workers(settings: Settings, workers: int, *, demo: bool = False) -> None:
+    """What N > 1 processes need; one clear line otherwise."""
+    if workers <= 1:
+        return
+    flag = f"{workers} workers (--workers or SERVE_WORKERS)"
+    if demo:
+        raise StartupError(f"{flag}: --demo runs in one process")
+    if settings.resolved_database_url.startswith("sqlite"):
+        raise StartupError(
+            f"{flag} need PostgreSQL or MariaDB (set DATABASE_URL): SQLite takes one "
+            "writing process; run SQLite with one worker"
+        )
+    if settings.embedded_broker:
+        raise StartupError(
+            f"{flag} need an external MQTT broker with shared subscriptions (set "
+            "MQTT_BROKER_URL, e.g. Mosquitto 2, EMQX): the embedded broker lives inside one "
+            "process"
+        )
+    if settings.share_group is None:
+        raise StartupError(
+            f"{flag} need MQTT_SHARE_GROUP (it is off): without a shared subscription every "
+            "worker would apply every result"
+        )
+
+
+def worker_client_id(settings: Settings, index: int) -> str:
+    """Distinct per worker, the same across the worker's restarts (the broker keeps its
+    session): the replica's client id plus `-w{index}`."""
+    return f"{settings.client_id}-w{index}"
+
+
+def _listen(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror} "
+            "(another vendhub? set PORT)"
+        ) from None
+    sock.listen(2048)  # uvicorn's default backlog
+    sock.set_inheritable(True)
+    return sock
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    quick_failures: int = 0
+    restart_at: float | None = None
+
+
+def supervise(settings: Settings, workers: int, *, migrate: bool = False) -> int:
+    """Bind the HTTP socket once, run `workers` worker processes accepting on it, start a new
+    one when one dies (backing off if it keeps dying at start), and on SIGTERM/SIGINT stop them
+    all (SIGTERM each, then wait for their graceful shutdown). Returns the exit code."""
+    check_workers(settings, workers)
+    check_settings(settings)
+    if migrate:
+        asyncio.run(upgrade_async(settings.resolved_database_url))
+    asyncio.run(check_database(settings.resolved_database_url))
+    sock = _listen(settings)
+    stopping: list[int] = []
+
+    def on_signal(sig: int, _frame: FrameType | None) -> None:
+        stopping.append(sig)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    pool = [_Worker(index) for index in range(workers)]
+    log.info(
+        "supervisor %d: %d workers on http://%s:%d",
+        os.getpid(),
+        workers,
+        settings.host,
+        settings.port,
+    )
+    code = 0
+    try:
+        for worker in pool:
+            _spawn(settings, worker, sock)
+        while not stopping:
+            now = time.monotonic()
+            for worker in pool:
+                exited = worker.process is not None and worker.process.poll() is not None
+                if exited and not _schedule_restart(worker, now):
+                    code = 1
+                    stopping.append(0)
+                    break
+                if worker.restart_at is not None and now >= worker.restart_at:
+                    _spawn(settings, worker, sock)
+            time.sleep(POLL_S)
+    finally:
+        _stop_all(pool)
+        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("supervisor %d: all workers stopped", os.getpid())
+    return code
+
+
+def _spawn(settings: Settings, worker: _Worker, sock: socket.socket) -> None:
+    env = {
+        **os.environ,
+        # The supervisor's resolved values, whatever came from flags or .env.
+        "HOST": settings.host,
+        "PORT": str(settings.port),
+        "MQTT_CLIENT_ID": worker_client_id(settings, worker.index),
+        "SERVE_WORKERS": "1",
+        WORKER_ENV: f"{worker.index}:{sock.fileno()}:{os.getpid()}",
+    }
+    worker.process = subprocess.Popen(
+        [sys.executable, "-c", "from vendhub.entrypoints.serve import worker_main; worker_main()"],
+        env=env,
+        pass_fds=(sock.fileno(),),
+        # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which
+        # then stops the workers in order.
+        start_new_session=True,
+    )
+    worker.started_at = time.monotonic()
+    worker.restart_at = None
+    log.info("worker %d started, pid %d", worker.index, worker.process.pid)
+
+
+def _schedule_restart(worker: _Worker, now: float) -> bool:
+    """Plan the dead worker's replacement; False when it keeps failing at start."""
+    assert worker.process is not None
+    returncode = worker.process.returncode
+    pid = worker.process.pid
+    worker.process = None
+    if now - worker.started_at < STABLE_S:
+        worker.quick_failures += 1
+    else:
+        worker.quick_failures = 0
+    if worker.quick_failures >= START_FAILURES_MAX:
+        log.error(
+            "worker %d (pid %d) exited with %s, %d times in a row within %.0f s of starting; "
+            "stopping (see its log above)",
+            worker.index,
+            pid,
+            returncode,
+            worker.quick_failures,
+            STABLE_S,
+        )
+        return False
+    delay = min(RESTART_BACKOFF_MAX_S, 2.0 ** max(0, worker.quick_failures - 1)) * (
+        1 if worker.quick_failures else 0.5
+    )
+    log.warning(
+        "worker %d (pid %d) exited with %s; starting a new one in %.1f s",
+        worker.index,
+        pid,
+        returncode,
+        delay,
+    )
+    worker.restart_at = now + delay
+    return True
+
+
+def _stop_all(pool: list[_Worker]) -> None:
+    live = [w.process for w in pool if w.process is not None and w.process.poll() is None]
+    for process in live:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    # Each worker exits by itself within SHUTDOWN_DEADLINE_S (see _Server.handle_exit).
+    deadline = time.monotonic() + SHUTDOWN_DEADLINE_S + 5
+    for process in live:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.error("worker pid %d did not stop; killing it", process.pid)
+            process.kill()
+            process.wait()
+
+
+def worker_main() -> None:
+    """Entry point of one worker process started by `supervise`."""
+    import typer
+
+    from vendhub.entrypoints.cli import _logging, _settings, one_line_errors, run_async
+
+    index, fd, parent = (int(part) for part in os.environ.pop(WORKER_ENV).split(":"))
+    settings = _settings()
+    _logging(settings.log_level, tag=f"w{index}")
+    sock = socket.socket(fileno=fd)
+    code = 1
+    try:
+        with one_line_errors(settings.resolved_database_url):
+            code = run_async(run_server(settings, sock=sock, parent_pid=parent))
+    except typer.Exit as exc:  # one_line_errors has said why
+        code = exc.exit_code
+    sys.exit(code)
