@@ -1,8 +1,8 @@
 """`vendhub serve`: uvicorn + the container; `--demo` adds a simulated VM01 and one order.
 
-`--workers N` (N > 1): this process binds the HTTP socket and supervises N worker processes
-that accept on it, each a whole `vendhub serve` (API, MQTT client, background jobs) with its
-own MQTT client id; see `supervise`.
+`--workers N` (N > 1): this process binds the HTTP port and supervises N worker processes,
+each a whole `vendhub serve` (API, MQTT client, background jobs) with its own MQTT client id
+and its own listening socket on the port (SO_REUSEPORT); see `supervise`.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ async def run_server(
     sock: socket.socket | None = None,
     parent_pid: int | None = None,
 ) -> int:
-    """One serving process. As a worker of `supervise`: `sock` is the supervisor's listening
-    socket, and the worker stops when `parent_pid` is no longer its parent."""
+    """One serving process. As a worker of `supervise`: `sock` is the listening socket the
+    supervisor bound for it, and the worker stops when `parent_pid` is no longer its parent."""
     # Checked before uvicorn starts: a failure inside its lifespan prints a traceback and
     # leaves the embedded broker's tasks behind. (A worker's supervisor checked them and
     # holds the port.)
@@ -234,9 +234,14 @@ def worker_client_id(settings: Settings, index: int) -> str:
 
 
 def _listen(settings: Settings) -> socket.socket:
+    """One worker's listening socket. Every worker has its own, all bound to the one port with
+    SO_REUSEPORT, so the kernel spreads new connections evenly over the workers (on one shared
+    socket, whichever worker wakes first accepts a whole burst of keep-alive connections), and
+    a dead worker's socket is closed so that new connections go to the others meanwhile."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((settings.host, settings.port))
     except OSError as exc:
@@ -253,6 +258,7 @@ def _listen(settings: Settings) -> socket.socket:
 @dataclass
 class _Worker:
     index: int
+    sock: socket.socket | None = None
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     quick_failures: int = 0
@@ -260,22 +266,24 @@ class _Worker:
 
 
 def supervise(settings: Settings, workers: int, *, migrate: bool = False) -> int:
-    """Bind the HTTP socket once, run `workers` worker processes accepting on it, start a new
-    one when one dies (backing off if it keeps dying at start), and on SIGTERM/SIGINT stop them
-    all (SIGTERM each, then wait for their graceful shutdown). Returns the exit code."""
+    """Bind the HTTP port (one SO_REUSEPORT socket per worker), run `workers` worker
+    processes accepting on it, start a new one when one dies (backing off if it keeps dying at
+    start), and on SIGTERM/SIGINT stop them all (SIGTERM each, then wait for their graceful
+    shutdown). Returns the exit code."""
     check_workers(settings, workers)
     check_settings(settings)
     if migrate:
         asyncio.run(upgrade_async(settings.resolved_database_url))
     asyncio.run(check_database(settings.resolved_database_url))
-    sock = _listen(settings)
+    pool = [_Worker(index) for index in range(workers)]
+    for worker in pool:  # all bound before any starts: a taken port is one line, here
+        worker.sock = _listen(settings)
     stopping: list[int] = []
 
     def on_signal(sig: int, _frame: FrameType | None) -> None:
         stopping.append(sig)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    pool = [_Worker(index) for index in range(workers)]
     log.info(
         "supervisor %d: %d workers on http://%s:%d",
         os.getpid(),
@@ -286,7 +294,7 @@ def supervise(settings: Settings, workers: int, *, migrate: bool = False) -> int
     code = 0
     try:
         for worker in pool:
-            _spawn(settings, worker, sock)
+            _spawn(settings, worker)
         while not stopping:
             now = time.monotonic()
             for worker in pool:
@@ -296,18 +304,28 @@ def supervise(settings: Settings, workers: int, *, migrate: bool = False) -> int
                     stopping.append(0)
                     break
                 if worker.restart_at is not None and now >= worker.restart_at:
-                    _spawn(settings, worker, sock)
+                    _spawn(settings, worker)
             time.sleep(POLL_S)
     finally:
         _stop_all(pool)
-        sock.close()
+        for worker in pool:
+            if worker.sock is not None:
+                worker.sock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("supervisor %d: all workers stopped", os.getpid())
     return code
 
 
-def _spawn(settings: Settings, worker: _Worker, sock: socket.socket) -> None:
+def _spawn(settings: Settings, worker: _Worker) -> None:
+    if worker.sock is None:
+        try:
+            worker.sock = _listen(settings)
+        except StartupError as exc:  # the port went to another program meanwhile
+            log.error("worker %d: %s; trying again", worker.index, exc)
+            worker.restart_at = time.monotonic() + RESTART_BACKOFF_MAX_S
+            return
+    sock = worker.sock
     env = {
         **os.environ,
         # The supervisor's resolved values, whatever came from flags or .env.
@@ -336,6 +354,10 @@ def _schedule_restart(worker: _Worker, now: float) -> bool:
     returncode = worker.process.returncode
     pid = worker.process.pid
     worker.process = None
+    if worker.sock is not None:
+        # Connections still queued on it are reset; new ones go to the other workers.
+        worker.sock.close()
+        worker.sock = None
     if now - worker.started_at < STABLE_S:
         worker.quick_failures += 1
     else:
