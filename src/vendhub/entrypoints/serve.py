@@ -28,6 +28,7 @@ from vendhub.adapters.db.migrate import upgrade_async
 from vendhub.adapters.mqtt.embedded import BrokerPortInUse
 from vendhub.bootstrap import build, mqtt_config
 from vendhub.config import Settings
+from vendhub.domain.model import FINAL_ORDER_STATUSES
 from vendhub.entrypoints.api.app import create_app
 from vendhub.entrypoints.preflight import (
     StartupError,
@@ -38,7 +39,6 @@ from vendhub.entrypoints.preflight import (
 from vendhub.services.demo import seed_demo
 
 log = logging.getLogger("vendhub.serve")
-FINAL = {"COMPLETED", "FAILED", "REFUNDED", "EXPIRED", "CANCELLED"}
 # After SIGTERM/SIGINT the process is gone within this, even if some shutdown step hangs.
 SHUTDOWN_DEADLINE_S = 25.0
 
@@ -177,7 +177,7 @@ async def _demo_order(settings: Settings) -> None:
         status = created["status"]
         for _ in range(300):
             status = (await http.get(f"/api/orders/{order_id}")).json()["status"]
-            if status in FINAL:
+            if status in FINAL_ORDER_STATUSES:
                 break
             await asyncio.sleep(0.2)
         log.info(
