@@ -307,7 +307,8 @@ def supervise(settings: Settings, workers: int, *, migrate: bool = False) -> int
                     _spawn(settings, worker)
             time.sleep(POLL_S)
     finally:
-        _stop_all(pool)
+        if not _stop_all(pool):
+            code = 1
         for worker in pool:
             if worker.sock is not None:
                 worker.sock.close()
@@ -387,7 +388,9 @@ def _schedule_restart(worker: _Worker, now: float) -> bool:
     return True
 
 
-def _stop_all(pool: list[_Worker]) -> None:
+def _stop_all(pool: list[_Worker]) -> bool:
+    """SIGTERM every live worker and wait for it; True when all stopped cleanly (exit 0)."""
+    clean = True
     live = [w.process for w in pool if w.process is not None and w.process.poll() is None]
     for process in live:
         with contextlib.suppress(ProcessLookupError):
@@ -401,6 +404,9 @@ def _stop_all(pool: list[_Worker]) -> None:
             log.error("worker pid %d did not stop; killing it", process.pid)
             process.kill()
             process.wait()
+        if process.returncode != 0:
+            clean = False
+    return clean
 
 
 def worker_main() -> None:
