@@ -22,7 +22,9 @@ from vendhub.adapters.db.tables import machines, orders, telemetry
 from vendhub.adapters.payments.sandbox import SandboxProvider
 from vendhub.bootstrap import Container, build
 from vendhub.config import Settings
+from vendhub.domain.model import OrderStatus
 from vendhub.services import catalog
+from vendhub.services.catalog import MachineStatus
 from vendhub.services.checkout import checkout
 from vendhub.services.orders import OrderLine
 from vendhub.services.payments import receive_notification
@@ -183,59 +185,60 @@ async def _wait_count(container: Container, target: int, deadline_s: float) -> t
 
 @dataclass
 class OrderRun:
-    """One run of paid orders through `vendhub serve` replica(s), webhooks from another process."""
+    """One run of paid orders through `vendhub serve [--workers N]`, webhooks from another
+    process."""
 
-    replicas: int
+    processes: int
     orders: int
     completed: int
     orders_per_s: float
     latencies_ms: list[float]
-    cpu_ms_per_order: float  # the replicas' own CPU (user + system), from /proc
+    cpu_ms_per_order: float  # serve's own CPU (user + system, all its processes), from /proc
     shed: int  # 503s the load process got (and retried after Retry-After)
     mode: str  # "32 in flight" or "100/s"
 
 
 async def bench_orders_http(
-    cfg: BenchConfig, replicas: int, *, inflight: int = 0, rate: float = 0.0, orders: int = 0
+    cfg: BenchConfig, processes: int, *, inflight: int = 0, rate: float = 0.0, orders: int = 0
 ) -> OrderRun:
     """Pre-created orders on `cfg.machines` machines; signed settlement webhooks POSTed by a
     separate process (`inflight` at a time, or at a steady `rate` not waiting for answers) to
-    `replicas` `vendhub serve` processes; a simulated fleet in a third process answers every
+    one `vendhub serve` on one port, with `--workers {processes}` when more than one (as it
+    would be deployed on one host); a simulated fleet in a third process answers every
     command at once. Measures orders/s until COMPLETED, webhook → command on the broker, and
-    the replicas' CPU per order."""
+    serve's CPU per order (its workers' and the supervisor's)."""
     count = orders or cfg.orders
     prefix = "bench" + uuid.uuid4().hex[:6]
     settings = _settings(cfg, prefix, 3001)
     container = build(settings)
     await container.start(workers=False)  # seeding and checkout only: no MQTT here
-    servers: list[asyncio.subprocess.Process] = []
+    server: asyncio.subprocess.Process | None = None
     fleet: asyncio.subprocess.Process | None = None
     try:
         ids = await _seed_machines(container, cfg.machines, count)
         provider = container.payments
         assert isinstance(provider, SandboxProvider)
         order_ids = await _place_orders(container, provider, ids, count)
-        ports = [free_port() for _ in range(replicas)]
-        servers = [await _start_server(cfg, prefix, port, n) for n, port in enumerate(ports)]
-        await asyncio.gather(*(_wait_http(port) for port in ports))
+        port = free_port()
+        server = await _start_server(cfg, prefix, port, processes)
+        await _wait_http(port)
+        await _wait_workers(server.pid, processes)
         fleet = await _start_fleet(cfg, prefix, ids)
         await _wait_online(container, ids, deadline_s=60)
         bodies = {
             o: provider.signed_notification(o, 5000, "settlement").decode() for o in order_ids
         }
-        cpu_before = sum(_cpu_s(p.pid) for p in servers)
+        cpu_before = _tree_cpu_s(server.pid)
         async with _CommandWatcher(cfg, prefix, len(order_ids)) as watcher:
             start = time.perf_counter()
             args = ["inflight", str(inflight)] if inflight else ["rate", str(rate)]
-            sent, shed = await _post_webhooks(
-                [f"http://127.0.0.1:{p}" for p in ports], bodies, *args
-            )
+            sent, shed = await _post_webhooks([f"http://127.0.0.1:{port}"], bodies, *args)
             done, last_at = await _wait_final(container, order_ids, deadline_s=300)
             await watcher.wait(deadline_s=30)
-        cpu = sum(_cpu_s(p.pid) for p in servers) - cpu_before
+        cpu = _tree_cpu_s(server.pid) - cpu_before
         latencies = [(watcher.seen[o] - sent[o]) * 1000 for o in sent if o in watcher.seen]
         return OrderRun(
-            replicas=replicas,
+            processes=processes,
             orders=count,
             completed=done,
             orders_per_s=done / max(1e-9, last_at - start),
@@ -245,7 +248,7 @@ async def bench_orders_http(
             mode=f"{inflight} in flight" if inflight else f"{rate:g}/s",
         )
     finally:
-        for proc in [*servers, *([fleet] if fleet else [])]:
+        for proc in [*([server] if server else []), *([fleet] if fleet else [])]:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
             await proc.wait()
@@ -261,8 +264,39 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listed:
+            return [int(child) for child in listed.read().split()]
+    except OSError:
+        return []
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its live children (serve's supervisor and workers)."""
+    total = 0.0
+    for one in [pid, *_children(pid)]:
+        with contextlib.suppress(OSError):
+            total += _cpu_s(one)
+    return total
+
+
+async def _wait_workers(pid: int, processes: int, deadline_s: float = 60) -> None:
+    """With --workers N, /health answers once one worker is up: wait for all N (each is
+    ready once it has connected to the broker; its connect line is in no file here, so wait
+    for N children and give the last one time to finish its startup)."""
+    if processes <= 1:
+        return
+    end = time.monotonic() + deadline_s
+    while len(_children(pid)) < processes:
+        if time.monotonic() > end:
+            raise RuntimeError(f"vendhub serve --workers {processes} did not start them all")
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(5.0)
+
+
 async def _start_server(
-    cfg: BenchConfig, prefix: str, port: int, n: int
+    cfg: BenchConfig, prefix: str, port: int, processes: int
 ) -> asyncio.subprocess.Process:
     import os
     import tempfile
@@ -275,7 +309,11 @@ async def _start_server(
         "MQTT_SHARE_GROUP": f"{prefix}g",
         "HOST": "127.0.0.1",
         "PORT": str(port),
-        "REPLICA_ID": f"{prefix}-{n}",
+        "REPLICA_ID": prefix,
+        "SERVE_WORKERS": str(processes),
+        # One client sends every webhook: the abuse limits would stop the load itself.
+        "RATE_LIMIT_DEFAULT": "1000000/minute",
+        "RATE_LIMIT_WEBHOOK": "1000000/minute",
         "ADMIN_USERNAME": "",
         "LOG_LEVEL": "WARNING",
         "APP_ENV": "development",
@@ -335,7 +373,10 @@ async def _wait_online(container: Container, ids: list[str], deadline_s: float) 
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         online = await _count(
-            container, machines, machines.c.id.in_(ids), machines.c.status == "ONLINE"
+            container,
+            machines,
+            machines.c.id.in_(ids),
+            machines.c.status == MachineStatus.ONLINE.value,
         )
         if online == len(ids):
             return
@@ -370,7 +411,10 @@ async def _wait_final(
     done, last_at = 0, time.perf_counter()
     while time.monotonic() < end:
         now = await _count(
-            container, orders, orders.c.id.in_(order_ids), orders.c.status == "COMPLETED"
+            container,
+            orders,
+            orders.c.id.in_(order_ids),
+            orders.c.status == OrderStatus.COMPLETED.value,
         )
         if now != done:
             done, last_at = now, time.perf_counter()
@@ -627,10 +671,10 @@ async def run(cfg: BenchConfig, parts: set[str]) -> dict[str, float]:
             ceiling = await statement_ceiling(cfg)
             figures["core_us_per_statement"] = ceiling["core"]
             figures["asyncpg_us_per_statement"] = ceiling["asyncpg"]
-    for replicas in (1, 2):
-        if f"orders{replicas}" in parts or (replicas == 1 and "orders" in parts):
-            run_ = await bench_orders_http(cfg, replicas, inflight=cfg.webhooks)
-            key = f"{replicas}p"
+    for processes in (1, 2):
+        if f"orders{processes}" in parts or (processes == 1 and "orders" in parts):
+            run_ = await bench_orders_http(cfg, processes, inflight=cfg.webhooks)
+            key = f"{processes}p"
             figures[f"orders_per_s_{key}"] = run_.orders_per_s
             figures[f"orders_completed_{key}"] = run_.completed
             figures[f"cpu_ms_per_order_{key}"] = run_.cpu_ms_per_order

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
 
     # Server (seed names)
     port: int = Field(default=3001, ge=1, le=65535)
+    # `vendhub serve` processes sharing the HTTP port (>1 needs a server database and an
+    # external broker with shared subscriptions; see README "Several replicas").
+    serve_workers: int = Field(default=1, ge=1, le=64)
     host: str = "127.0.0.1"
     node_env: str | None = None
     app_env: str | None = None

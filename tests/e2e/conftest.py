@@ -67,6 +67,7 @@ class Server:
     workdir: Path
     process: subprocess.Popen[bytes] | None = None
     log: Path = field(init=False)
+    args: list[str] = field(default_factory=list)  # more `vendhub serve` options
 
     def __post_init__(self) -> None:
         self.log = self.workdir / f"serve-{self.env['PORT']}.log"
@@ -78,7 +79,7 @@ class Server:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [*VENDHUB, "serve", "--migrate"],
+                [*VENDHUB, "serve", "--migrate", *self.args],
                 env=self.env,
                 cwd=self.workdir,
                 stdout=out,

@@ -206,3 +206,15 @@ async def test_only_a_super_admin_creates_or_promotes_a_super_admin(accounts: Ac
     assert_error(own, 409, "conflict")
     assert_error(await accounts.client.delete(boss_url, headers=boss), 409)
     assert_error(await accounts.client.patch(boss_url, json={"is_active": None}, headers=boss), 422)
+
+
+async def test_two_processes_bootstrapping_the_admin_at_once_both_start(ctx: Any) -> None:
+    """`serve --workers N` (or replicas) start together on an empty users table: one creates
+    the admin, the other finds it created and carries on instead of failing its startup."""
+    import asyncio
+
+    created = await asyncio.gather(
+        auth.ensure_admin(ctx, "admin", "admin-pass-123"),
+        auth.ensure_admin(ctx, "admin", "admin-pass-123"),
+    )
+    assert sorted(created) == [False, True]

@@ -355,3 +355,25 @@ def test_invalid_results_commands_and_topics_say_what_is_wrong() -> None:
         parse_topic("vm", "vm/VM01/unknown")
     with pytest.raises(InvalidTopic, match="invalid machine id"):
         topic("vm", "VM 01", TopicKind.STATUS)
+
+
+def test_status_and_error_enums_are_the_wire_strings_of_protocol_md() -> None:
+    """Statuses are enums in the code; on the wire they stay the documented strings."""
+    import json as _json
+
+    from vendhub.protocol.messages import REFUSALS, PresenceStatus, ResultError
+    from vendhub.sim.machine import OFFLINE_PAYLOAD
+
+    assert [e.value for e in ResultError] == [
+        "JAM",
+        "MOTOR_TIMEOUT",
+        "NO_DROP",
+        "EXPIRED",
+        "SLOT_DISABLED",
+        "BUSY",
+    ]
+    assert set(REFUSALS) == {"EXPIRED", "SLOT_DISABLED", "BUSY"}
+    assert [s.value for s in PresenceStatus] == ["ONLINE", "OFFLINE", "MAINTENANCE"]
+    assert OFFLINE_PAYLOAD == b'{"status":"OFFLINE"}'  # the Last Will, byte for byte
+    assert _json.dumps({"error": ResultError.BUSY}) == '{"error": "BUSY"}'
+    assert {"x": 1} not in REFUSALS  # any JSON value can be tested (unhashable ones too)

@@ -53,3 +53,45 @@ def test_the_embedded_broker_and_none_turn_sharing_off() -> None:
     assert Settings().share_group is None
     assert Settings(mqtt_broker_url="mqtt://b", mqtt_share_group="none").share_group is None
     assert Settings(mqtt_share_group="fleet").share_group == "fleet"
+
+
+def test_each_worker_of_serve_workers_gets_its_own_stable_client_id() -> None:
+    from vendhub.entrypoints.serve import worker_client_id
+
+    settings = Settings(port=3001, mqtt_broker_url="mqtt://b:1883")
+    ids = [worker_client_id(settings, n) for n in range(3)]
+    assert len(set(ids)) == 3 and ids[0] == f"{settings.client_id}-w0"
+    assert worker_client_id(settings, 1) == worker_client_id(Settings(port=3001), 1)
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"database_url": "sqlite:///x.db", "mqtt_broker_url": "mqtt://b:1883"}, "PostgreSQL"),
+        ({"database_url": "postgresql://h/db"}, "external MQTT broker"),
+        (
+            {
+                "database_url": "postgresql://h/db",
+                "mqtt_broker_url": "mqtt://b:1883",
+                "mqtt_share_group": "none",
+            },
+            "MQTT_SHARE_GROUP",
+        ),
+    ],
+)
+def test_more_than_one_worker_needs_a_server_database_and_a_sharing_broker(
+    values: dict[str, str], named: str
+) -> None:
+    from vendhub.entrypoints.preflight import StartupError
+    from vendhub.entrypoints.serve import check_workers
+
+    settings = Settings(**values)  # type: ignore[arg-type]
+    check_workers(settings, 1)  # one worker runs on anything
+    with pytest.raises(StartupError, match=named):
+        check_workers(settings, 2)
+
+
+def test_two_workers_on_postgresql_and_an_external_broker_are_accepted() -> None:
+    from vendhub.entrypoints.serve import check_workers
+
+    check_workers(Settings(database_url="postgresql://h/db", mqtt_broker_url="mqtt://b:1883"), 2)

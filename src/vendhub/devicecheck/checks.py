@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vendhub.devicecheck.probe import Heard, Probe, Target, read_retained
+from vendhub.protocol.messages import REFUSALS, PresenceStatus, ResultError
 from vendhub.protocol.topics import TopicKind
 
 # (name, obligation) in the order they run; the names are what tests and CI logs refer to.
@@ -134,7 +135,7 @@ class Session:
 
     async def check_status(self) -> bool:
         heard = await self.probe.wait_for(
-            TopicKind.STATUS, 0, self.timing.online_s, status="ONLINE"
+            TopicKind.STATUS, 0, self.timing.online_s, status=PresenceStatus.ONLINE
         )
         if heard is None:
             self.record("status", False, f"no ONLINE status within {self.timing.online_s:.0f} s")
@@ -145,7 +146,7 @@ class Session:
             self.record("status", False, "no retained status on the status topic")
             return False
         problems = []
-        if body.get("status") != "ONLINE":
+        if body.get("status") != PresenceStatus.ONLINE:
             problems.append(f"retained status is {body.get('status')!r}")
         for key in ("bootId", "fw"):
             if not isinstance(body.get(key), str) or not body[key]:
@@ -169,8 +170,8 @@ class Session:
             return None
         problems = result_problems(heard.body, command)
         error = heard.body.get("error") if heard.body else None
-        if error in ("BUSY", "EXPIRED", "SLOT_DISABLED"):
-            hint = " (try --slot)" if error == "SLOT_DISABLED" else ""
+        if error in REFUSALS:
+            hint = " (try --slot)" if error == ResultError.SLOT_DISABLED else ""
             problems.append(f"a fresh command was refused with {error}{hint}")
         if problems:
             self.record("result", False, "; ".join(problems))
@@ -314,7 +315,7 @@ class Session:
         )
         if heard is None:
             self.record("expired", False, "no result")
-        elif not heard.body or heard.body.get("error") != "EXPIRED":
+        elif not heard.body or heard.body.get("error") != ResultError.EXPIRED:
             hint = " (is the clock set by NTP?)" if heard.body and heard.body.get("success") else ""
             self.record("expired", False, f"answered {describe(heard.body)}{hint}")
         elif heard.body.get("success") is not False:
@@ -389,7 +390,9 @@ class Session:
         body = after.body if after is not None else None
         if body is None or body.get("configVersion") != version:
             self.record("config", False, f"retained status lacks configVersion {version}")
-        elif body.get("status") != "ONLINE" or body.get("bootId") != self.report.boot_id:
+        elif (
+            body.get("status") != PresenceStatus.ONLINE or body.get("bootId") != self.report.boot_id
+        ):
             self.record("config", False, f"retained status changed: {retained_text(after)}")
         else:
             self.record("config", True, f"configVersion {version} in the retained status")

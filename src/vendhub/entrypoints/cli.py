@@ -118,11 +118,12 @@ def config_error_line(exc: Exception) -> str:
     return " ".join("; ".join(parts).split())
 
 
-def _logging(level: str) -> None:
+def _logging(level: str, tag: str = "") -> None:
+    """`tag` names the worker of `serve --workers N` in each line."""
     logging.basicConfig(
         level=level.upper(),
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)-7s {tag + ' ' if tag else ''}%(name)s: %(message)s",
     )
 
 
@@ -223,12 +224,26 @@ def serve(
     host: Annotated[str | None, typer.Option()] = None,
     port: Annotated[int | None, typer.Option()] = None,
     migrate: Annotated[bool, typer.Option(help="run `db upgrade` first")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="processes serving the same port (default SERVE_WORKERS, 1); more than 1 "
+            "needs PostgreSQL/MariaDB and an external broker",
+        ),
+    ] = None,
 ) -> None:
-    """API + MQTT worker + background jobs, in one process."""
-    from vendhub.entrypoints.serve import run_server
+    """API + MQTT worker + background jobs, in one process (or --workers N of them)."""
+    from vendhub.entrypoints.serve import check_workers, run_server, supervise
 
-    settings = _settings(host=host, port=port)
-    _logging(settings.log_level)
+    settings = _settings(host=host, port=port, serve_workers=workers)
+    _logging(settings.log_level, tag="supervisor" if settings.serve_workers > 1 else "")
+    if settings.serve_workers > 1:
+        with one_line_errors(settings.resolved_database_url):
+            check_workers(settings, settings.serve_workers, demo=demo)
+            code = supervise(settings, settings.serve_workers, migrate=migrate)
+        raise typer.Exit(code)
     if demo and settings.embedded_broker:
         settings = _free_embedded_port(settings)
     with one_line_errors(settings.resolved_database_url), _embedded_broker_recorded(settings):

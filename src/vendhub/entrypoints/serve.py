@@ -1,4 +1,9 @@
-"""`vendhub serve`: uvicorn + the container; `--demo` adds a simulated VM01 and one order."""
+"""`vendhub serve`: uvicorn + the container; `--demo` adds a simulated VM01 and one order.
+
+`--workers N` (N > 1): this process binds the HTTP port and supervises N worker processes,
+each a whole `vendhub serve` (API, MQTT client, background jobs) with its own MQTT client id
+and its own listening socket on the port (SO_REUSEPORT); see `supervise`.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Generator
+from dataclasses import dataclass
 from types import FrameType
 
 import httpx
@@ -17,6 +28,7 @@ from vendhub.adapters.db.migrate import upgrade_async
 from vendhub.adapters.mqtt.embedded import BrokerPortInUse
 from vendhub.bootstrap import build, mqtt_config
 from vendhub.config import Settings
+from vendhub.domain.model import FINAL_ORDER_STATUSES
 from vendhub.entrypoints.api.app import create_app
 from vendhub.entrypoints.preflight import (
     StartupError,
@@ -27,7 +39,6 @@ from vendhub.entrypoints.preflight import (
 from vendhub.services.demo import seed_demo
 
 log = logging.getLogger("vendhub.serve")
-FINAL = {"COMPLETED", "FAILED", "REFUNDED", "EXPIRED", "CANCELLED"}
 # After SIGTERM/SIGINT the process is gone within this, even if some shutdown step hangs.
 SHUTDOWN_DEADLINE_S = 25.0
 
@@ -62,10 +73,21 @@ def _exit_now() -> None:
     os._exit(1)
 
 
-async def run_server(settings: Settings, *, demo: bool = False, migrate: bool = False) -> int:
+async def run_server(
+    settings: Settings,
+    *,
+    demo: bool = False,
+    migrate: bool = False,
+    sock: socket.socket | None = None,
+    parent_pid: int | None = None,
+) -> int:
+    """One serving process. As a worker of `supervise`: `sock` is the listening socket the
+    supervisor bound for it, and the worker stops when `parent_pid` is no longer its parent."""
     # Checked before uvicorn starts: a failure inside its lifespan prints a traceback and
-    # leaves the embedded broker's tasks behind.
-    check_settings(settings)
+    # leaves the embedded broker's tasks behind. (A worker's supervisor checked them and
+    # holds the port.)
+    if sock is None:
+        check_settings(settings)
     check_sqlite_directory(settings.resolved_database_url)
     if migrate:
         await upgrade_async(settings.resolved_database_url)
@@ -88,8 +110,10 @@ async def run_server(settings: Settings, *, demo: bool = False, migrate: bool = 
     tasks: list[asyncio.Task[None]] = []
     if demo:
         tasks.append(asyncio.create_task(_demo(settings, server)))
+    if parent_pid is not None:
+        tasks.append(asyncio.create_task(_orphan_watch(server, parent_pid)))
     try:
-        await server.serve()
+        await server.serve(sockets=[sock] if sock is not None else None)
     except BrokerPortInUse as exc:  # taken between the check and the bind
         raise StartupError(str(exc)) from None
     finally:
@@ -98,6 +122,14 @@ async def run_server(settings: Settings, *, demo: bool = False, migrate: bool = 
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
     return 0 if server.started else 1
+
+
+async def _orphan_watch(server: uvicorn.Server, parent_pid: int) -> None:
+    """A worker whose supervisor died (kill -9) stops too, instead of serving on unsupervised."""
+    while os.getppid() == parent_pid:  # noqa: ASYNC110 - nothing to wait on but polling
+        await asyncio.sleep(1.0)
+    log.warning("supervisor %d is gone; this worker stops", parent_pid)
+    server.should_exit = True
 
 
 async def _demo(settings: Settings, server: uvicorn.Server) -> None:
@@ -145,7 +177,7 @@ async def _demo_order(settings: Settings) -> None:
         status = created["status"]
         for _ in range(300):
             status = (await http.get(f"/api/orders/{order_id}")).json()["status"]
-            if status in FINAL:
+            if status in FINAL_ORDER_STATUSES:
                 break
             await asyncio.sleep(0.2)
         log.info(
@@ -156,3 +188,241 @@ async def _demo_order(settings: Settings) -> None:
             order_id,
             base,
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# `vendhub serve --workers N`
+
+WORKER_ENV = "VENDHUB_WORKER"  # "{index}:{listening fd}:{supervisor pid}", set for workers only
+# A worker that exits sooner than this after starting counts as failing at start; after
+# START_FAILURES_MAX of those in a row the supervisor gives up rather than loop forever.
+STABLE_S = 30.0
+START_FAILURES_MAX = 5
+RESTART_BACKOFF_MAX_S = 30.0
+POLL_S = 0.2
+
+
+def check_workers(settings: Settings, workers: int, *, demo: bool = False) -> None:
+    """What N > 1 processes need; one clear line otherwise."""
+    if workers <= 1:
+        return
+    flag = f"{workers} workers (--workers or SERVE_WORKERS)"
+    if demo:
+        raise StartupError(f"{flag}: --demo runs in one process")
+    if settings.resolved_database_url.startswith("sqlite"):
+        raise StartupError(
+            f"{flag} need PostgreSQL or MariaDB (set DATABASE_URL): SQLite takes one "
+            "writing process; run SQLite with one worker"
+        )
+    if settings.embedded_broker:
+        raise StartupError(
+            f"{flag} need an external MQTT broker with shared subscriptions (set "
+            "MQTT_BROKER_URL, e.g. Mosquitto 2, EMQX): the embedded broker lives inside one "
+            "process"
+        )
+    if settings.share_group is None:
+        raise StartupError(
+            f"{flag} need MQTT_SHARE_GROUP (it is off): without a shared subscription every "
+            "worker would apply every result"
+        )
+
+
+def worker_client_id(settings: Settings, index: int) -> str:
+    """Distinct per worker, the same across the worker's restarts (the broker keeps its
+    session): the replica's client id plus `-w{index}`."""
+    return f"{settings.client_id}-w{index}"
+
+
+def _listen(settings: Settings) -> socket.socket:
+    """One worker's listening socket. Every worker has its own, all bound to the one port with
+    SO_REUSEPORT, so the kernel spreads new connections evenly over the workers (on one shared
+    socket, whichever worker wakes first accepts a whole burst of keep-alive connections), and
+    a dead worker's socket is closed so that new connections go to the others meanwhile."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror} "
+            "(another vendhub? set PORT)"
+        ) from None
+    sock.listen(2048)  # uvicorn's default backlog
+    sock.set_inheritable(True)
+    return sock
+
+
+@dataclass
+class _Worker:
+    index: int
+    sock: socket.socket | None = None
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    quick_failures: int = 0
+    restart_at: float | None = None
+
+
+def supervise(settings: Settings, workers: int, *, migrate: bool = False) -> int:
+    """Bind the HTTP port (one SO_REUSEPORT socket per worker), run `workers` worker
+    processes accepting on it, start a new one when one dies (backing off if it keeps dying at
+    start), and on SIGTERM/SIGINT stop them all (SIGTERM each, then wait for their graceful
+    shutdown). Returns the exit code."""
+    check_workers(settings, workers)
+    check_settings(settings)
+    if migrate:
+        asyncio.run(upgrade_async(settings.resolved_database_url))
+    asyncio.run(check_database(settings.resolved_database_url))
+    pool = [_Worker(index) for index in range(workers)]
+    for worker in pool:  # all bound before any starts: a taken port is one line, here
+        worker.sock = _listen(settings)
+    stopping: list[int] = []
+
+    def on_signal(sig: int, _frame: FrameType | None) -> None:
+        stopping.append(sig)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    log.info(
+        "supervisor %d: %d workers on http://%s:%d",
+        os.getpid(),
+        workers,
+        settings.host,
+        settings.port,
+    )
+    code = 0
+    try:
+        for worker in pool:
+            _spawn(settings, worker)
+        while not stopping:
+            now = time.monotonic()
+            for worker in pool:
+                exited = worker.process is not None and worker.process.poll() is not None
+                if exited and not _schedule_restart(worker, now):
+                    code = 1
+                    stopping.append(0)
+                    break
+                if worker.restart_at is not None and now >= worker.restart_at:
+                    _spawn(settings, worker)
+            time.sleep(POLL_S)
+    finally:
+        if not _stop_all(pool):
+            code = 1
+        for worker in pool:
+            if worker.sock is not None:
+                worker.sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("supervisor %d: all workers stopped", os.getpid())
+    return code
+
+
+def _spawn(settings: Settings, worker: _Worker) -> None:
+    if worker.sock is None:
+        try:
+            worker.sock = _listen(settings)
+        except StartupError as exc:  # the port went to another program meanwhile
+            log.error("worker %d: %s; trying again", worker.index, exc)
+            worker.restart_at = time.monotonic() + RESTART_BACKOFF_MAX_S
+            return
+    sock = worker.sock
+    env = {
+        **os.environ,
+        # The supervisor's resolved values, whatever came from flags or .env.
+        "HOST": settings.host,
+        "PORT": str(settings.port),
+        "MQTT_CLIENT_ID": worker_client_id(settings, worker.index),
+        "SERVE_WORKERS": "1",
+        WORKER_ENV: f"{worker.index}:{sock.fileno()}:{os.getpid()}",
+    }
+    worker.process = subprocess.Popen(
+        [sys.executable, "-c", "from vendhub.entrypoints.serve import worker_main; worker_main()"],
+        env=env,
+        pass_fds=(sock.fileno(),),
+        # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which
+        # then stops the workers in order.
+        start_new_session=True,
+    )
+    worker.started_at = time.monotonic()
+    worker.restart_at = None
+    log.info("worker %d started, pid %d", worker.index, worker.process.pid)
+
+
+def _schedule_restart(worker: _Worker, now: float) -> bool:
+    """Plan the dead worker's replacement; False when it keeps failing at start."""
+    assert worker.process is not None
+    returncode = worker.process.returncode
+    pid = worker.process.pid
+    worker.process = None
+    if worker.sock is not None:
+        # Connections still queued on it are reset; new ones go to the other workers.
+        worker.sock.close()
+        worker.sock = None
+    if now - worker.started_at < STABLE_S:
+        worker.quick_failures += 1
+    else:
+        worker.quick_failures = 0
+    if worker.quick_failures >= START_FAILURES_MAX:
+        log.error(
+            "worker %d (pid %d) exited with %s, %d times in a row within %.0f s of starting; "
+            "stopping (see its log above)",
+            worker.index,
+            pid,
+            returncode,
+            worker.quick_failures,
+            STABLE_S,
+        )
+        return False
+    delay = min(RESTART_BACKOFF_MAX_S, 2.0 ** max(0, worker.quick_failures - 1)) * (
+        1 if worker.quick_failures else 0.5
+    )
+    log.warning(
+        "worker %d (pid %d) exited with %s; starting a new one in %.1f s",
+        worker.index,
+        pid,
+        returncode,
+        delay,
+    )
+    worker.restart_at = now + delay
+    return True
+
+
+def _stop_all(pool: list[_Worker]) -> bool:
+    """SIGTERM every live worker and wait for it; True when all stopped cleanly (exit 0)."""
+    clean = True
+    live = [w.process for w in pool if w.process is not None and w.process.poll() is None]
+    for process in live:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    # Each worker exits by itself within SHUTDOWN_DEADLINE_S (see _Server.handle_exit).
+    deadline = time.monotonic() + SHUTDOWN_DEADLINE_S + 5
+    for process in live:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.error("worker pid %d did not stop; killing it", process.pid)
+            process.kill()
+            process.wait()
+        if process.returncode != 0:
+            clean = False
+    return clean
+
+
+def worker_main() -> None:
+    """Entry point of one worker process started by `supervise`."""
+    import typer
+
+    from vendhub.entrypoints.cli import _logging, _settings, one_line_errors, run_async
+
+    index, fd, parent = (int(part) for part in os.environ.pop(WORKER_ENV).split(":"))
+    settings = _settings()
+    _logging(settings.log_level, tag=f"w{index}")
+    sock = socket.socket(fileno=fd)
+    code = 1
+    try:
+        with one_line_errors(settings.resolved_database_url):
+            code = run_async(run_server(settings, sock=sock, parent_pid=parent))
+    except typer.Exit as exc:  # one_line_errors has said why
+        code = exc.exit_code
+    sys.exit(code)

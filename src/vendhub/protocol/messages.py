@@ -14,12 +14,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 MAX_PAYLOAD_BYTES = 8 * 1024
 # PubSubClient's default packet buffer; commands to devices must fit in it.
 DEVICE_BUFFER_BYTES = 256
-RESULT_ERROR_CODES = ("JAM", "MOTOR_TIMEOUT", "NO_DROP", "EXPIRED", "SLOT_DISABLED", "BUSY")
 # A device time outside these bounds (Unix seconds) is a clock that never synced, or garbage.
 DEVICE_TIME_MIN = 946_684_800  # 2000-01-01T00:00:00Z
 DEVICE_TIME_MAX = 4_102_444_800  # 2100-01-01T00:00:00Z
 # Nesting deeper than this is no telemetry; it only costs us a recursion.
 MAX_PAYLOAD_DEPTH = 16
+
+
+class ResultError(StrEnum):
+    """protocol.md: the `error` of a dispense result (the value is the wire string)."""
+
+    JAM = "JAM"
+    MOTOR_TIMEOUT = "MOTOR_TIMEOUT"
+    NO_DROP = "NO_DROP"
+    EXPIRED = "EXPIRED"  # refused: the command's expiresAt had passed
+    SLOT_DISABLED = "SLOT_DISABLED"  # refused: the slot is disabled by config
+    BUSY = "BUSY"  # refused: another dispense is in progress
+
+
+# Errors with which a device refuses a command without running the motor. A tuple: `x in`
+# compares with ==, so any JSON value (even an unhashable one) can be tested against it.
+REFUSALS = (ResultError.BUSY, ResultError.EXPIRED, ResultError.SLOT_DISABLED)
 
 
 class InvalidPayload(ValueError):

@@ -82,7 +82,10 @@ async def ensure_admin(ctx: ServiceContext, username: str, password: str) -> boo
     async with ctx.engine.connect() as conn:
         if await conn.scalar(sa.select(sa.func.count()).select_from(users)):
             return False
-    await create_user(ctx, username, password, Role.SUPER_ADMIN)
+    try:
+        await create_user(ctx, username, password, Role.SUPER_ADMIN)
+    except Conflict:  # another replica or worker, starting at the same moment, created it
+        return False
     return True
 
 

@@ -16,6 +16,7 @@ from vendhub.protocol.messages import (
     DispenseCommand,
     InvalidPayload,
     MachineConfig,
+    ResultError,
     SlotConfig,
     SlotLevel,
     SyncCommand,
@@ -263,11 +264,11 @@ class DeviceLogic:
 
     def _refusal(self, command: DispenseCommand, now: float) -> str | None:
         if self.has_clock and self.device_time(now) > command.expires_at:
-            return "EXPIRED"
+            return ResultError.EXPIRED
         if self._in_progress is not None:
-            return "BUSY"
+            return ResultError.BUSY
         if not self.slot_enabled(command.slot):
-            return "SLOT_DISABLED"
+            return ResultError.SLOT_DISABLED
         return None
 
     def finish_dispense(

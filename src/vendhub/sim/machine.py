@@ -14,6 +14,7 @@ from contextlib import suppress
 
 import aiomqtt
 
+from vendhub.protocol.messages import PresenceStatus, ResultError
 from vendhub.protocol.topics import TopicKind, topic, valid_machine_id
 from vendhub.sim.device import (
     BACKOFF_CAP_S,
@@ -33,7 +34,10 @@ from vendhub.sim.stats import FleetStats
 
 logger = logging.getLogger(__name__)
 
-OFFLINE_PAYLOAD = b'{"status":"OFFLINE"}'
+# The last will; the same bytes as protocol.md's `{"status":"OFFLINE"}`.
+OFFLINE_PAYLOAD = json.dumps(
+    {"status": PresenceStatus.OFFLINE.value}, separators=(",", ":")
+).encode()
 KEEPALIVE_S = 30
 # Simulated boot time after a reboot, before the device reconnects (scaled by speed).
 BOOT_MS = 2000
@@ -211,7 +215,7 @@ class SimulatedMachine:
 
     def _status_payload(self) -> bytes:
         body: dict[str, str | int] = {
-            "status": "ONLINE",
+            "status": PresenceStatus.ONLINE.value,
             "fw": self.options.fw,
             "bootId": self.boot_id,
         }
@@ -276,8 +280,8 @@ class SimulatedMachine:
         else:
             self._wake.set()
             error = decision.results[0].error
-            self.stats.expired += error == "EXPIRED"
-            self.stats.busy += error == "BUSY"
+            self.stats.expired += error == ResultError.EXPIRED
+            self.stats.busy += error == ResultError.BUSY
 
     async def _on_config(self, payload: bytes) -> None:
         if self.logic.handle_config(payload):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from vendhub.domain.model import OrderStatus
+from vendhub.domain.payments import PaymentStatus
 from vendhub.protocol.messages import PresenceStatus
 from vendhub.services.auth import Role
 from vendhub.services.stock import ChangeType
@@ -442,9 +445,20 @@ class TestCommand(BaseModel):
     slot: int = Field(default=1, ge=1, le=1000)
 
 
+class SeedPaymentStatus(StrEnum):
+    """The seed's words for a payment outcome (`POST /api/debug/update-payment/{id}`)."""
+
+    SUCCESS = "SUCCESS"  # the seed's synonym for PAID
+    PAID = PaymentStatus.PAID.value
+    PENDING = PaymentStatus.PENDING.value
+    FAILED = PaymentStatus.FAILED.value
+    EXPIRED = PaymentStatus.EXPIRED.value
+    CANCELLED = OrderStatus.CANCELLED.value
+
+
 class PaymentUpdate(BaseModel):
     model_config = Strict
-    status: Literal["SUCCESS", "PAID", "PENDING", "FAILED", "EXPIRED", "CANCELLED"]
+    status: SeedPaymentStatus = Field(strict=False)  # JSON strings, checked against the enum
 
 
 class MachineCredentials(BaseModel):
@@ -458,7 +472,9 @@ def _seed_presence(value: Any) -> Any:
     """The seed's admin words for a machine's state, any case, onto our presence states."""
     if isinstance(value, str):
         value = value.strip().upper()
-        return {"ACTIVE": "ONLINE", "INACTIVE": "OFFLINE"}.get(value, value)
+        return {"ACTIVE": PresenceStatus.ONLINE, "INACTIVE": PresenceStatus.OFFLINE}.get(
+            value, value
+        )
     return value
 
 

@@ -14,6 +14,7 @@ from vendhub.entrypoints.api.deps import ContainerDep
 from vendhub.entrypoints.web import i18n
 from vendhub.entrypoints.web.render import Pages, product_art, svg
 from vendhub.services import catalog, orders, overview, reconcile
+from vendhub.services.catalog import MachineStatus
 from vendhub.services.checkout import checkout
 from vendhub.services.errors import Conflict
 from vendhub.services.orders import OrderLine
@@ -21,7 +22,7 @@ from vendhub.services.orders import OrderLine
 router = APIRouter(prefix="/kiosk", include_in_schema=False)
 
 # A machine in these states takes no orders: the kiosk shows "out of service".
-NOT_SELLING = frozenset({"OFFLINE", "MAINTENANCE"})
+NOT_SELLING = frozenset({MachineStatus.OFFLINE, MachineStatus.MAINTENANCE})
 
 
 class CartLine(BaseModel):

@@ -9,7 +9,12 @@ from fastapi import APIRouter, Depends
 from vendhub.adapters.payments import midtrans_notification
 from vendhub.entrypoints.api.deps import ContainerDep, debug_enabled
 from vendhub.entrypoints.api.replies import MqttStatus, PaymentOutcome, Published
-from vendhub.entrypoints.api.schemas import PaymentUpdate, SimulatedResult, TestCommand
+from vendhub.entrypoints.api.schemas import (
+    PaymentUpdate,
+    SeedPaymentStatus,
+    SimulatedResult,
+    TestCommand,
+)
 from vendhub.protocol.messages import SyncCommand
 from vendhub.protocol.topics import TopicKind, topic
 from vendhub.services import orders
@@ -19,12 +24,12 @@ router = APIRouter(prefix="/api/debug", tags=["debug"], dependencies=[Depends(de
 
 # The seed's payment statuses → the Midtrans transaction_status a gateway would send.
 SEED_TO_MIDTRANS = {
-    "SUCCESS": "settlement",
-    "PAID": "settlement",
-    "PENDING": "pending",
-    "FAILED": "deny",
-    "EXPIRED": "expire",
-    "CANCELLED": "cancel",
+    SeedPaymentStatus.SUCCESS: "settlement",
+    SeedPaymentStatus.PAID: "settlement",
+    SeedPaymentStatus.PENDING: "pending",
+    SeedPaymentStatus.FAILED: "deny",
+    SeedPaymentStatus.EXPIRED: "expire",
+    SeedPaymentStatus.CANCELLED: "cancel",
 }
 
 
