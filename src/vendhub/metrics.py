@@ -21,6 +21,11 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.telemetry_dropped = Counter(
+            "vendhub_telemetry_dropped_total",
+            "Telemetry readings dropped because the intake queue was full",
+            registry=r,
+        )
         self.results = Counter(
             "vendhub_dispense_results_total", "Dispense results by outcome", ["outcome"], registry=r
         )
