@@ -205,6 +205,7 @@ def build(settings: Settings) -> Container:
         on_oversized=intake.oversized_telemetry,
         client_id_suffix="-telemetry",
     )
+    intake.resume_telemetry = telemetry_stream.resume
     mqtt = MqttClient(
         config=mqtt_config(settings),
         subscriptions=subscriptions(prefix, settings.share_group, EVENT_KINDS),

@@ -26,6 +26,11 @@ class Metrics:
             "Telemetry readings dropped because the intake queue was full",
             registry=r,
         )
+        self.telemetry_paused = Counter(
+            "vendhub_telemetry_paused_total",
+            "Times the telemetry stream stopped reading because the intake queue was full",
+            registry=r,
+        )
         self.results = Counter(
             "vendhub_dispense_results_total", "Dispense results by outcome", ["outcome"], registry=r
         )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -15,7 +18,9 @@ from vendhub.adapters.mqtt.stream import (
     PINGRESP,
     SUBACK,
     FrameReader,
+    Frames,
     StreamProtocolError,
+    StreamSubscriber,
     connect_packet,
     subscribe_packet,
 )
@@ -126,17 +131,41 @@ def sample(intake: Intake, name: str, labels: dict[str, str] | None = None) -> f
     return intake.metrics.registry.get_sample_value(name, labels or {}) or 0.0
 
 
-async def test_a_full_telemetry_queue_drops_what_does_not_fit_and_counts_it(
+async def test_a_full_telemetry_queue_pauses_the_stream_and_resumes_it_below_half(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(intake_module, "TELEMETRY_QUEUE_SIZE", 4)
+    monkeypatch.setattr(intake_module, "TELEMETRY_BATCH", 3)
+    monkeypatch.setattr(intake_module, "TELEMETRY_FLUSH_S", 0.0)
+    intake = make_intake()
+    resumed: list[bool] = []
+    intake.resume_telemetry = lambda: resumed.append(True)
+    frame = (b"vm/VM01/telemetry", b"{}")
+    assert intake.take_telemetry([frame] * 3) is True
+    assert intake.take_telemetry([frame] * 2) is False  # 5 waiting: the stream pauses
+    assert sample(intake, "vendhub_telemetry_paused_total") == 1
+    assert len(await intake._next_frames()) == 3
+    assert resumed == []  # 2 left: not yet below half of 4
+    assert intake.take_telemetry([frame] * 2) is False  # still paused: not counted again
+    assert sample(intake, "vendhub_telemetry_paused_total") == 1
+    await intake._next_frames()
+    assert resumed == [True]  # 1 left
+    assert sample(intake, "vendhub_telemetry_dropped_total") == 0
+
+
+async def test_frames_beyond_twice_the_bound_are_dropped_and_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only frames that arrive another way than the (paused) stream can get this far.
     monkeypatch.setattr(intake_module, "TELEMETRY_QUEUE_SIZE", 3)
     intake = make_intake()
-    intake.take_telemetry([(b"vm/VM01/telemetry", b"{}")] * 2)
-    intake.take_telemetry([(b"vm/VM01/telemetry", b"{}")] * 4)
-    intake.take_telemetry([(b"vm/VM01/telemetry", b"{}")])
-    assert intake.telemetry_backlog() == 3
-    assert sample(intake, "vendhub_telemetry_dropped_total") == 4
-    assert sample(intake, "vendhub_mqtt_messages_in_total", {"kind": "telemetry"}) == 7
+    frame = (b"vm/VM01/telemetry", b"{}")
+    intake.take_telemetry([frame] * 4)
+    intake.take_telemetry([frame] * 4)
+    intake.take_telemetry([frame])
+    assert intake.telemetry_backlog() == 6
+    assert sample(intake, "vendhub_telemetry_dropped_total") == 3
+    assert sample(intake, "vendhub_mqtt_messages_in_total", {"kind": "telemetry"}) == 9
 
 
 async def test_foreign_topics_and_bad_payloads_on_the_stream_are_dropped_and_counted() -> None:
@@ -162,3 +191,112 @@ async def test_foreign_topics_and_bad_payloads_on_the_stream_are_dropped_and_cou
     assert [r.text for r in readings] == [frames[0][1], frames[7][1], frames[8][1]]
     assert sample(intake, "vendhub_mqtt_invalid_payloads_total", {"kind": "topic"}) == 4
     assert sample(intake, "vendhub_mqtt_invalid_payloads_total", {"kind": "telemetry"}) == 2
+
+
+class FakeBroker:
+    """Just enough of a broker on 127.0.0.1: CONNACK (with `refuse` as its code), SUBACK,
+    PINGRESP; `send` publishes to the latest connection; `drop` closes it."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        self.refuse = refuse
+        self.connections: list[asyncio.StreamWriter] = []
+        self.subscribed = asyncio.Event()
+        self.filters: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections.append(writer)
+        frames = FrameReader()
+
+        def control(kind: int, flags: int, body: bytes) -> None:
+            if kind == 1:  # CONNECT
+                writer.write(bytes([CONNACK << 4, 2, 0, self.refuse]))
+            elif kind == 8:  # SUBSCRIBE
+                self.filters.append(body[4:-1])
+                writer.write(bytes([SUBACK << 4, 3]) + body[:2] + b"\x00")
+                self.subscribed.set()
+            elif kind == 12:
+                writer.write(bytes([PINGRESP << 4, 0]))
+
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                frames.feed(data, control)
+
+    def send(self, frames: list[tuple[bytes, bytes]]) -> None:
+        self.connections[-1].write(b"".join(publish(t, p) for t, p in frames))
+
+    def drop(self) -> None:
+        self.connections[-1].close()
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.connections:
+            writer.close()
+
+
+async def eventually(check: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never happened")
+
+
+@contextlib.asynccontextmanager
+async def stream_on(
+    broker: FakeBroker, on_frames: Callable[[Frames], bool]
+) -> AsyncIterator[StreamSubscriber]:
+    port = await broker.start()
+    stream = StreamSubscriber(
+        MqttConfig(host="127.0.0.1", port=port, client_id="t"), ["vm/+/telemetry"], on_frames
+    )
+    task = asyncio.create_task(stream.run())
+    try:
+        yield stream
+    finally:
+        await stream.stop()
+        await asyncio.wait_for(task, 5)
+        await broker.stop()
+
+
+async def test_the_stream_subscribes_receives_and_reconnects_after_the_broker_drops_it() -> None:
+    broker, got = FakeBroker(), []
+    async with stream_on(broker, lambda frames: got.extend(frames) is None) as stream:
+        assert await stream.wait_connected(5)
+        assert broker.filters == [b"vm/+/telemetry"]
+        broker.send([(b"vm/VM01/telemetry", b"1"), (b"vm/VM02/telemetry", b"2")])
+        await eventually(lambda: len(got) == 2)
+        broker.subscribed.clear()
+        broker.drop()
+        await broker.subscribed.wait()
+        await eventually(lambda: stream.connects == 2)
+        broker.send([(b"vm/VM01/telemetry", b"3")])
+        await eventually(lambda: len(got) == 3)
+    assert [p for _, p in got] == [b"1", b"2", b"3"]
+
+
+async def test_a_refused_connection_is_retried_and_never_counts_as_connected() -> None:
+    broker = FakeBroker(refuse=5)  # not authorised
+    async with stream_on(broker, lambda frames: True) as stream:
+        await eventually(lambda: len(broker.connections) >= 2)
+        assert not stream.connected and stream.connects == 0
+
+
+async def test_a_full_consumer_pauses_reading_until_resume() -> None:
+    broker, got = FakeBroker(), []
+    async with stream_on(broker, lambda frames: got.extend(frames) is not None) as stream:
+        assert await stream.wait_connected(5)
+        broker.send([(b"vm/VM01/telemetry", b"1")])
+        await eventually(lambda: len(got) == 1)
+        conn = stream._conn
+        assert conn is not None and conn.paused and conn.transport is not None
+        assert not conn.transport.is_reading()
+        stream.resume()
+        assert conn.transport.is_reading() and not conn.paused
+        broker.send([(b"vm/VM01/telemetry", b"2")])
+        await eventually(lambda: len(got) == 2)

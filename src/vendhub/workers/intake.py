@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 from vendhub.adapters.mqtt.client import InboundMessage
@@ -25,9 +26,11 @@ log = logging.getLogger(__name__)
 
 # Bounded so a flood waits at the socket (backpressure) instead of growing memory.
 EVENT_QUEUE_SIZE = 1000
-# Telemetry frames waiting for the writer (~250 bytes each, so ~12 MB at most). Beyond it
-# readings are dropped and counted (vendhub_telemetry_dropped_total): QoS 0 telemetry is
-# dropped somewhere when a burst outlasts the writer, and here it is at least counted.
+# Telemetry frames waiting for the writer (~250 bytes each, so ~12 MB). At this many the
+# stream stops reading (the socket's buffer, then the broker's queue hold the rest; Mosquitto
+# drops QoS 0 beyond those) and reads again below half of it. Only frames that come another
+# way (the aiomqtt connection) beyond twice this are dropped here, counted in
+# vendhub_telemetry_dropped_total.
 TELEMETRY_QUEUE_SIZE = 50_000
 # Machine ids of telemetry topics already checked, kept up to this many.
 TOPIC_CACHE_SIZE = 100_000
@@ -53,6 +56,9 @@ class Intake:
         self._telemetry_idle.set()
         self._machine_of: dict[bytes, str] = {}
         self._last_drop_log = 0.0
+        self._reading_paused = False
+        # Set by the wiring: the telemetry stream's resume() (reading paused while full).
+        self.resume_telemetry: Callable[[], None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Labelled children looked up once: labels() on every message is measurable.
         self._received = {kind: metrics.messages_in.labels(kind.value) for kind in TopicKind}
@@ -79,29 +85,31 @@ class Intake:
     def telemetry_backlog(self) -> int:
         return len(self._frames)
 
-    def take_telemetry(self, frames: Frames) -> None:
+    def take_telemetry(self, frames: Frames) -> bool:
         """Called by the stream connection with every frame one socket read held; no await,
-        no task, no parsing here. Beyond TELEMETRY_QUEUE_SIZE frames are dropped, counted."""
+        no task, no parsing here. Returns False once TELEMETRY_QUEUE_SIZE frames wait: the
+        stream then pauses reading until the writer has taken half of them."""
         self._received[TopicKind.TELEMETRY].inc(len(frames))
-        room = TELEMETRY_QUEUE_SIZE - len(self._frames)
+        room = 2 * TELEMETRY_QUEUE_SIZE - len(self._frames)
         if len(frames) > room:
             dropped = len(frames) - max(room, 0)
             self.metrics.telemetry_dropped.inc(dropped)
             now = time.monotonic()
             if now - self._last_drop_log >= 1.0:
                 self._last_drop_log = now
-                log.warning(
-                    "telemetry queue full (%d): dropped %d reading(s)",
-                    TELEMETRY_QUEUE_SIZE,
-                    dropped,
-                )
+                log.warning("telemetry queue full: dropped %d reading(s)", dropped)
             frames = frames[: max(room, 0)]
-            if not frames:
-                return
-        at = self.ctx.clock()
-        self._frames.extend([(topic, payload, at) for topic, payload in frames])
-        self._telemetry_idle.clear()
-        self._frames_ready.set()
+        if frames:
+            at = self.ctx.clock()
+            self._frames.extend([(topic, payload, at) for topic, payload in frames])
+            self._telemetry_idle.clear()
+            self._frames_ready.set()
+        if len(self._frames) >= TELEMETRY_QUEUE_SIZE:
+            if not self._reading_paused:
+                self._reading_paused = True
+                self.metrics.telemetry_paused.inc()
+            return False
+        return True
 
     def oversized_telemetry(self, count: int) -> None:
         """Frames the stream skipped unread for their size: invalid telemetry."""
@@ -183,6 +191,10 @@ class Intake:
             await asyncio.sleep(min(remaining, TELEMETRY_POLL_S))
         batch = self._frames[:TELEMETRY_BATCH]
         del self._frames[:TELEMETRY_BATCH]
+        if self._reading_paused and len(self._frames) < TELEMETRY_QUEUE_SIZE // 2:
+            self._reading_paused = False
+            if self.resume_telemetry is not None:
+                self.resume_telemetry()
         return batch
 
     def _readings(self, frames: list[tuple[bytes, bytes, datetime]]) -> list[TelemetryReading]:

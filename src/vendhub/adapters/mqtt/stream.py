@@ -145,7 +145,8 @@ class _Connection(asyncio.Protocol):
         self.connack: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.suback: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.closed: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-        self.pong = True
+        self.heard = True  # anything arrived since the last PINGREQ
+        self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -155,6 +156,7 @@ class _Connection(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.owner.receive_buffer)
 
     def data_received(self, data: bytes) -> None:
+        self.heard = True
         before = self.reader.oversized
         try:
             frames, acks = self.reader.feed(data, self._control)
@@ -172,16 +174,17 @@ class _Connection(asyncio.Protocol):
                 self.transport.write(bytes([PUBACK << 4, 2]) + ack[1:])
             elif self.transport is not None:  # QoS 2: PUBREC, then PUBCOMP on PUBREL
                 self.transport.write(bytes([PUBREC << 4, 2]) + ack[1:])
-        if frames:
-            self.owner.on_frames(frames)
+        if frames and not self.owner.on_frames(frames) and self.transport is not None:
+            # The consumer is full: leave the rest in the socket (its buffer, then the
+            # broker's queue) until resume().
+            self.paused = True
+            self.transport.pause_reading()
 
     def _control(self, kind: int, flags: int, body: bytes) -> None:
         if kind == CONNACK and not self.connack.done():
             self.connack.set_result(body[1] if len(body) >= 2 else 0xFF)
         elif kind == SUBACK and not self.suback.done():
             self.suback.set_result(body[2:])
-        elif kind == PINGRESP:
-            self.pong = True
         elif kind == PUBREL and self.transport is not None:
             self.transport.write(bytes([PUBCOMP << 4, 2]) + body[:2])
 
@@ -206,7 +209,8 @@ class StreamSubscriber:
 
     config: MqttConfig
     topic_filters: list[str]
-    on_frames: Callable[[Frames], None]
+    # Returns False when it has no room for more: reading pauses until resume().
+    on_frames: Callable[[Frames], bool]
     on_oversized: Callable[[int], None] | None = None
     client_id_suffix: str = "-stream"
     receive_buffer: int = RECEIVE_BUFFER_BYTES
@@ -281,18 +285,23 @@ class StreamSubscriber:
                 ", ".join(self.topic_filters),
             )
             while True:
-                conn.pong = False
+                conn.heard = False
                 transport.write(bytes([PINGREQ << 4, 0]))
                 waiters: list[asyncio.Future[Any]] = [conn.closed, stop_wait]
-                done, _ = await asyncio.wait(waiters, timeout=max(1.0, cfg.keepalive / 2))
+                done, _ = await asyncio.wait(
+                    waiters,
+                    timeout=max(1.0, cfg.keepalive / 2),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 if stop_wait in done:
                     transport.write(bytes([DISCONNECT << 4, 0]))
                     return
                 if conn.closed in done:
                     exc = conn.closed.result()
                     raise exc if exc is not None else ConnectionError("closed by the broker")
-                if not conn.pong:
-                    raise TimeoutError(f"no PINGRESP within {max(1.0, cfg.keepalive / 2)}s")
+                # While paused, the PINGRESP waits in the socket behind unread telemetry.
+                if not conn.heard and not conn.paused:
+                    raise TimeoutError(f"nothing heard within {max(1.0, cfg.keepalive / 2)}s")
         finally:
             stop_wait.cancel()
             self._conn = None
@@ -304,6 +313,13 @@ class StreamSubscriber:
         except TimeoutError:
             return False
         return True
+
+    def resume(self) -> None:
+        """The consumer has room again: read on."""
+        conn = self._conn
+        if conn is not None and conn.paused and conn.transport is not None:
+            conn.paused = False
+            conn.transport.resume_reading()
 
     async def stop(self) -> None:
         self._stopping.set()
