@@ -234,6 +234,7 @@ def build(settings: Settings) -> Container:
     ctx.row_failed = metrics.row_failed
 
     metrics.mqtt_connected.set_function(lambda: float(mqtt.connected))
+    metrics.telemetry_connected.set_function(lambda: float(telemetry_stream.connected))
 
     async def on_connect() -> None:
         publisher.wake()

@@ -51,6 +51,11 @@ class Metrics:
         self.mqtt_connected = Gauge(
             "vendhub_mqtt_connected", "1 while connected to the broker", registry=r
         )
+        self.telemetry_connected = Gauge(
+            "vendhub_mqtt_telemetry_connected",
+            "1 while the telemetry stream's own connection is subscribed",
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "vendhub_queue_depth", "Items waiting in in-process queues", ["queue"], registry=r
         )
