@@ -233,3 +233,5 @@ async def test_over_the_broker_a_frame_too_big_to_buffer_is_skipped_and_counted(
         assert row["temperature"] == 4.5
         assert container.telemetry_stream.oversized == 1
         assert invalid(container, "telemetry") == 1
+        connected = container.metrics.registry.get_sample_value("vendhub_mqtt_telemetry_connected")
+        assert connected == 1
