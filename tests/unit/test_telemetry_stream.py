@@ -144,7 +144,7 @@ async def test_a_full_telemetry_queue_pauses_the_stream_and_resumes_it_below_hal
     assert intake.take_telemetry([frame] * 3) is True
     assert intake.take_telemetry([frame] * 2) is False  # 5 waiting: the stream pauses
     assert sample(intake, "vendhub_telemetry_paused_total") == 1
-    assert len(await intake._next_frames()) == 3
+    assert len((await intake._next_frames())[0]) == 3
     assert resumed == []  # 2 left: not yet below half of 4
     assert intake.take_telemetry([frame] * 2) is False  # still paused: not counted again
     assert sample(intake, "vendhub_telemetry_paused_total") == 1
@@ -182,7 +182,7 @@ async def test_foreign_topics_and_bad_payloads_on_the_stream_are_dropped_and_cou
         (b"vm/VM02/telemetry", b'{"humidity":61}'),
         (b"vm/VM01/telemetry", b'{"temperature":5.5}'),
     ]
-    readings = intake._readings([(t, p, at) for t, p in frames])
+    readings = intake._readings([t for t, _ in frames], [p for _, p in frames], [at] * 9)
     assert [(r.machine_id, r.reading.temperature, r.reading.humidity) for r in readings] == [
         ("VM01", 4.5, None),
         ("VM02", None, 61.0),
