@@ -126,8 +126,20 @@ async def bench_telemetry(cfg: BenchConfig) -> tuple[float, float]:
             )
         stored, last_at = await _wait_count(container, before + total, deadline_s=120)
         lost = before + total - stored
+        registry = container.metrics.registry
+        paused = int(registry.get_sample_value("vendhub_telemetry_paused_total") or 0)
+        if paused:
+            print(f"telemetry: the stream paused reading {paused} time(s) (intake queue full)")
         if lost:
-            print(f"telemetry: {lost} of {total} messages never arrived (dropped by the broker)")
+            received = registry.get_sample_value(
+                "vendhub_mqtt_messages_in_total", {"kind": "telemetry"}
+            )
+            dropped = registry.get_sample_value("vendhub_telemetry_dropped_total")
+            print(
+                f"telemetry: {lost} of {total} messages not stored: "
+                f"{total - int(received or 0)} never reached the backend (dropped by the broker), "
+                f"{int(dropped or 0)} dropped by the backend's full queue"
+            )
         return (stored - before) / (last_at - start), (stored - before) / total
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from vendhub.adapters.db.engine import create_engine
 from vendhub.adapters.mqtt.client import MqttClient, MqttConfig
 from vendhub.adapters.mqtt.embedded import EmbeddedBroker
+from vendhub.adapters.mqtt.stream import StreamSubscriber
 from vendhub.adapters.payments.midtrans import MidtransConfig, MidtransProvider
 from vendhub.adapters.payments.sandbox import SandboxProvider
 from vendhub.config import Settings
@@ -87,14 +88,20 @@ def mqtt_config(settings: Settings) -> MqttConfig:
     )
 
 
-def subscriptions(prefix: str, share_group: str | None) -> list[str]:
+def subscriptions(
+    prefix: str, share_group: str | None, kinds: tuple[TopicKind, ...] = INBOUND_KINDS
+) -> list[str]:
     """Results and telemetry go to one replica of the group; every replica gets every status
     (applying one is idempotent under a row lock), because brokers send retained messages to
     plain subscriptions only, and a starting replica needs the fleet's retained presence."""
     return [
         fleet_filter(prefix, kind, None if kind is TopicKind.STATUS else share_group)
-        for kind in INBOUND_KINDS
+        for kind in kinds
     ]
+
+
+# Telemetry comes on its own lean connection (adapters/mqtt/stream.py); the rest on aiomqtt.
+EVENT_KINDS = tuple(k for k in INBOUND_KINDS if k is not TopicKind.TELEMETRY)
 
 
 @dataclass
@@ -108,6 +115,7 @@ class Container:
     payment_policy: PaymentPolicy
     metrics: Metrics
     mqtt: MqttClient
+    telemetry_stream: StreamSubscriber
     intake: Intake
     publisher: OutboxPublisher
     broker: EmbeddedBroker | None = None
@@ -137,6 +145,7 @@ class Container:
         await commands.resume_idle_machines(self.ctx)
         self._tasks = [
             asyncio.create_task(self.mqtt.run(), name="mqtt"),
+            asyncio.create_task(self.telemetry_stream.run(), name="mqtt-telemetry"),
             asyncio.create_task(self.publisher.run(), name="outbox"),
             asyncio.create_task(self.publisher.run_handoffs(), name="outbox-handoff"),
             asyncio.create_task(run_timers(self.ctx, self.metrics), name="timers"),
@@ -164,6 +173,7 @@ class Container:
         # Rows committed from now on wait for the poll (of this process or the next).
         self.ctx.hand_off = None
         await self.mqtt.stop()
+        await self.telemetry_stream.stop()
         await self.intake.stop()
         for task in self._tasks:
             task.cancel()
@@ -188,10 +198,19 @@ def build(settings: Settings) -> Container:
     ctx = ServiceContext(engine=engine, tunables=tunables_from(settings))
     intake = Intake(ctx, metrics)
     prefix = settings.mqtt_topic_prefix
+    telemetry_stream = StreamSubscriber(
+        config=mqtt_config(settings),
+        topic_filters=subscriptions(prefix, settings.share_group, (TopicKind.TELEMETRY,)),
+        on_frames=intake.take_telemetry,
+        on_oversized=intake.oversized_telemetry,
+        client_id_suffix="-telemetry",
+    )
+    intake.resume_telemetry = telemetry_stream.resume
     mqtt = MqttClient(
         config=mqtt_config(settings),
-        subscriptions=subscriptions(prefix, settings.share_group),
+        subscriptions=subscriptions(prefix, settings.share_group, EVENT_KINDS),
         on_message=intake.handle,
+        companions=[telemetry_stream],
     )
     publisher = OutboxPublisher(ctx, mqtt, metrics)
     container = Container(
@@ -202,6 +221,7 @@ def build(settings: Settings) -> Container:
         payment_policy=payment_policy_from(settings),
         metrics=metrics,
         mqtt=mqtt,
+        telemetry_stream=telemetry_stream,
         intake=intake,
         publisher=publisher,
         broker=EmbeddedBroker(settings.mqtt_embedded_bind, settings.mqtt_embedded_port)
@@ -214,6 +234,7 @@ def build(settings: Settings) -> Container:
     ctx.row_failed = metrics.row_failed
 
     metrics.mqtt_connected.set_function(lambda: float(mqtt.connected))
+    metrics.telemetry_connected.set_function(lambda: float(telemetry_stream.connected))
 
     async def on_connect() -> None:
         publisher.wake()

@@ -21,6 +21,16 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.telemetry_dropped = Counter(
+            "vendhub_telemetry_dropped_total",
+            "Telemetry readings dropped because the intake queue was full",
+            registry=r,
+        )
+        self.telemetry_paused = Counter(
+            "vendhub_telemetry_paused_total",
+            "Times the telemetry stream stopped reading because the intake queue was full",
+            registry=r,
+        )
         self.results = Counter(
             "vendhub_dispense_results_total", "Dispense results by outcome", ["outcome"], registry=r
         )
@@ -40,6 +50,11 @@ class Metrics:
         )
         self.mqtt_connected = Gauge(
             "vendhub_mqtt_connected", "1 while connected to the broker", registry=r
+        )
+        self.telemetry_connected = Gauge(
+            "vendhub_mqtt_telemetry_connected",
+            "1 while the telemetry stream's own connection is subscribed",
+            registry=r,
         )
         self.queue_depth = Gauge(
             "vendhub_queue_depth", "Items waiting in in-process queues", ["queue"], registry=r

@@ -15,6 +15,7 @@ from tests.conftest import FakeClock, unique
 from tests.integration.helpers import order, order_status, outbox_rows, pay, quick_shop, rows
 from tests.integration.test_mqtt_intake import device, eventually, fetch, invalid, running
 from vendhub.adapters.db.tables import machine_events, machines, telemetry
+from vendhub.adapters.mqtt.stream import MAX_FRAME_BYTES
 from vendhub.protocol.messages import Telemetry
 from vendhub.services import fleet
 from vendhub.services.context import ServiceContext
@@ -213,3 +214,24 @@ async def test_over_the_broker_a_silent_machine_that_speaks_again_gets_its_waiti
         assert command["orderId"] == order_id
         [machine] = await fetch(container.engine, sa.select(machines))
         assert machine["status"] == "ONLINE"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_over_the_broker_a_frame_too_big_to_buffer_is_skipped_and_counted(
+    engine: AsyncEngine, database_urls: dict[str, str], backend: str
+) -> None:
+    prefix = unique("t")
+    async with running(database_urls[backend], prefix) as container, device(prefix) as dev:
+        huge = b'{"note":"' + b"x" * (MAX_FRAME_BYTES + 1000) + b'"}'
+        await dev.publish("telemetry", huge)
+        await dev.publish("telemetry", {"temperature": 4.5})
+
+        async def stored() -> list[dict[str, Any]]:
+            return await fetch(container.engine, sa.select(telemetry))
+
+        [row] = await eventually(stored)
+        assert row["temperature"] == 4.5
+        assert container.telemetry_stream.oversized == 1
+        assert invalid(container, "telemetry") == 1
+        connected = container.metrics.registry.get_sample_value("vendhub_mqtt_telemetry_connected")
+        assert connected == 1

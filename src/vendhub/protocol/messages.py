@@ -215,7 +215,7 @@ def decode_object(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise InvalidPayload(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
-        data = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+        data = _DECODER.decode(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InvalidPayload(f"not UTF-8 JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -226,6 +226,10 @@ def decode_object(payload: bytes) -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise InvalidPayload(f"{name} is not a number")
+
+
+# One decoder for every payload: json.loads with an option builds a new one per call (~5 µs).
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def _check_clean(value: Any, depth: int) -> None:

@@ -1,12 +1,21 @@
-"""MQTT intake: validate each message, then hand it to bounded queues and batch writers."""
+"""MQTT intake: validate each message, then hand it to bounded queues and batch writers.
+
+Telemetry has its own lean path: the stream connection (adapters/mqtt/stream.py) hands over
+every frame its socket read held in one call (`take_telemetry`), which only appends them to
+a bounded list; the writer parses a batch at a time and stores it in one transaction."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
 
 from vendhub.adapters.mqtt.client import InboundMessage
+from vendhub.adapters.mqtt.stream import Frames
 from vendhub.metrics import Metrics
 from vendhub.protocol.messages import InvalidPayload, parse_result, parse_status, parse_telemetry
 from vendhub.protocol.topics import InvalidTopic, TopicKind, parse_topic
@@ -18,7 +27,14 @@ log = logging.getLogger(__name__)
 
 # Bounded so a flood waits at the socket (backpressure) instead of growing memory.
 EVENT_QUEUE_SIZE = 1000
-TELEMETRY_QUEUE_SIZE = 20_000
+# Telemetry frames waiting for the writer (~250 bytes each, so ~12 MB). At this many the
+# stream stops reading (the socket's buffer, then the broker's queue hold the rest; Mosquitto
+# drops QoS 0 beyond those) and reads again below half of it. Only frames that come another
+# way (the aiomqtt connection) beyond twice this are dropped here, counted in
+# vendhub_telemetry_dropped_total.
+TELEMETRY_QUEUE_SIZE = 50_000
+# Machine ids of telemetry topics already checked, kept up to this many.
+TOPIC_CACHE_SIZE = 100_000
 # Large batches: per-row cost is small, per-transaction cost is what limits SQLite.
 TELEMETRY_BATCH = 2000
 TELEMETRY_FLUSH_S = 0.2
@@ -34,7 +50,20 @@ class Intake:
         self.ctx = ctx
         self.metrics = metrics
         self.events: asyncio.Queue[tuple[str, TopicKind, bytes]] = asyncio.Queue(EVENT_QUEUE_SIZE)
-        self.telemetry: asyncio.Queue[TelemetryReading] = asyncio.Queue(TELEMETRY_QUEUE_SIZE)
+        # Frames as they came off the socket, in three parallel lists (bounded by
+        # take_telemetry): bytes and shared datetimes are not tracked by the garbage
+        # collector, where a tuple per waiting frame made its full passes measurably costly.
+        self._topics: list[bytes] = []
+        self._payloads: list[bytes] = []
+        self._times: list[datetime] = []
+        self._frames_ready = asyncio.Event()
+        self._telemetry_idle = asyncio.Event()
+        self._telemetry_idle.set()
+        self._machine_of: dict[bytes, str] = {}
+        self._last_drop_log = 0.0
+        self._reading_paused = False
+        # Set by the wiring: the telemetry stream's resume() (reading paused while full).
+        self.resume_telemetry: Callable[[], None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Labelled children looked up once: labels() on every message is measurable.
         self._received = {kind: metrics.messages_in.labels(kind.value) for kind in TopicKind}
@@ -56,7 +85,41 @@ class Intake:
 
     async def _drain(self) -> None:
         await self.events.join()
-        await self.telemetry.join()
+        await self._telemetry_idle.wait()
+
+    def telemetry_backlog(self) -> int:
+        return len(self._topics)
+
+    def take_telemetry(self, frames: Frames) -> bool:
+        """Called by the stream connection with every frame one socket read held; no await,
+        no task, no parsing here. Returns False once TELEMETRY_QUEUE_SIZE frames wait: the
+        stream then pauses reading until the writer has taken half of them."""
+        self._received[TopicKind.TELEMETRY].inc(len(frames))
+        room = 2 * TELEMETRY_QUEUE_SIZE - len(self._topics)
+        if len(frames) > room:
+            dropped = len(frames) - max(room, 0)
+            self.metrics.telemetry_dropped.inc(dropped)
+            now = time.monotonic()
+            if now - self._last_drop_log >= 1.0:
+                self._last_drop_log = now
+                log.warning("telemetry queue full: dropped %d reading(s)", dropped)
+            frames = frames[: max(room, 0)]
+        if frames:
+            self._topics.extend([topic for topic, _ in frames])
+            self._payloads.extend([payload for _, payload in frames])
+            self._times.extend(itertools.repeat(self.ctx.clock(), len(frames)))
+            self._telemetry_idle.clear()
+            self._frames_ready.set()
+        if len(self._topics) >= TELEMETRY_QUEUE_SIZE:
+            if not self._reading_paused:
+                self._reading_paused = True
+                self.metrics.telemetry_paused.inc()
+            return False
+        return True
+
+    def oversized_telemetry(self, count: int) -> None:
+        """Frames the stream skipped unread for their size: invalid telemetry."""
+        self.metrics.invalid_payloads.labels(TopicKind.TELEMETRY.value).inc(count)
 
     async def handle(self, message: InboundMessage) -> None:
         try:
@@ -65,17 +128,12 @@ class Intake:
             self.metrics.invalid_payloads.labels("topic").inc()
             log.warning("dropped message on %s: %s", message.topic, exc)
             return
-        self._received[parsed.kind].inc()
         if parsed.kind is TopicKind.TELEMETRY:
-            try:
-                reading, raw = parse_telemetry(message.payload)
-            except InvalidPayload as exc:
-                self._invalid(message.topic, parsed.kind, exc)
-                return
-            await self.telemetry.put(
-                TelemetryReading(parsed.machine_id, self.ctx.clock(), reading, raw)
-            )
-        elif parsed.kind in (TopicKind.DISPENSE_RESULT, TopicKind.STATUS):
+            # Normally on the stream connection; the same path if it comes this way.
+            self.take_telemetry([(message.topic.encode(), message.payload)])
+            return
+        self._received[parsed.kind].inc()
+        if parsed.kind in (TopicKind.DISPENSE_RESULT, TopicKind.STATUS):
             await self.events.put((parsed.machine_id, parsed.kind, message.payload))
 
     def _invalid(self, topic: str, kind: TopicKind, exc: Exception) -> None:
@@ -114,27 +172,74 @@ class Intake:
 
     async def _telemetry_writer(self) -> None:
         while True:
-            batch = await self._next_batch()
+            batch = await self._next_frames()
             try:
-                await fleet.store_telemetry(self.ctx, batch)
+                readings = self._readings(*batch)
+                if readings:
+                    await fleet.store_telemetry(self.ctx, readings)
             except Exception:
-                log.exception("failed to store %d telemetry reading(s)", len(batch))
+                log.exception("failed to store %d telemetry reading(s)", len(batch[0]))
             finally:
-                for _ in batch:
-                    self.telemetry.task_done()
+                if not self._topics:
+                    self._telemetry_idle.set()
 
-    async def _next_batch(self) -> list[TelemetryReading]:
-        """Wait for one reading, then gather what arrives within the flush window.
-
-        Drained with get_nowait: a timed wait per reading would cost a task per message."""
-        batch = [await self.telemetry.get()]
+    async def _next_frames(self) -> tuple[list[bytes], list[bytes], list[datetime]]:
+        """Wait for frames, then give a partial batch the flush window to fill; returns
+        (topics, payloads, received_at) of up to TELEMETRY_BATCH frames."""
+        while not self._topics:
+            self._frames_ready.clear()
+            await self._frames_ready.wait()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TELEMETRY_FLUSH_S
-        while len(batch) < TELEMETRY_BATCH:
-            while len(batch) < TELEMETRY_BATCH and not self.telemetry.empty():
-                batch.append(self.telemetry.get_nowait())
+        while len(self._topics) < TELEMETRY_BATCH:
             remaining = deadline - loop.time()
-            if len(batch) >= TELEMETRY_BATCH or remaining <= 0:
+            if remaining <= 0:
                 break
             await asyncio.sleep(min(remaining, TELEMETRY_POLL_S))
+        batch = (
+            self._topics[:TELEMETRY_BATCH],
+            self._payloads[:TELEMETRY_BATCH],
+            self._times[:TELEMETRY_BATCH],
+        )
+        del self._topics[:TELEMETRY_BATCH], self._payloads[:TELEMETRY_BATCH]
+        del self._times[:TELEMETRY_BATCH]
+        if self._reading_paused and len(self._topics) < TELEMETRY_QUEUE_SIZE // 2:
+            self._reading_paused = False
+            if self.resume_telemetry is not None:
+                self.resume_telemetry()
         return batch
+
+    def _readings(
+        self, topics: list[bytes], payloads: list[bytes], times: list[datetime]
+    ) -> list[TelemetryReading]:
+        """Frames → readings; a foreign topic or an invalid payload is dropped and counted."""
+        readings: list[TelemetryReading] = []
+        machine_of = self._machine_of
+        for topic, payload, at in zip(topics, payloads, times, strict=True):
+            machine_id = machine_of.get(topic)
+            if machine_id is None:
+                machine_id = self._telemetry_machine(topic)
+                if machine_id is None:
+                    continue
+            try:
+                reading, raw = parse_telemetry(payload)
+            except InvalidPayload as exc:
+                self._invalid(f"{machine_id}/telemetry", TopicKind.TELEMETRY, exc)
+                continue
+            readings.append(TelemetryReading(machine_id, at, reading, raw, payload))
+        return readings
+
+    def _telemetry_machine(self, raw_topic: bytes) -> str | None:
+        try:
+            topic = raw_topic.decode("utf-8")
+            parsed = parse_topic(self.ctx.tunables.topic_prefix, topic)
+            if parsed.kind is not TopicKind.TELEMETRY:
+                raise InvalidTopic(f"{parsed.kind.value} on the telemetry stream")
+        except (UnicodeDecodeError, InvalidTopic) as exc:
+            self.metrics.invalid_payloads.labels("topic").inc()
+            log.warning("dropped telemetry on %r: %s", raw_topic[:200], exc)
+            return None
+        if len(self._machine_of) >= TOPIC_CACHE_SIZE:
+            self._machine_of.clear()
+        self._machine_of[raw_topic] = parsed.machine_id
+        return parsed.machine_id

@@ -7,6 +7,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -66,6 +67,12 @@ class InboundMessage:
     retain: bool
 
 
+class Companion(Protocol):
+    """Another connection the backend needs up before it counts as connected."""
+
+    async def wait_connected(self, within_s: float | None = None) -> bool: ...
+
+
 MessageHandler = Callable[[InboundMessage], Awaitable[None]]
 ConnectHandler = Callable[[], Coroutine[object, object, None]]
 
@@ -76,6 +83,8 @@ class MqttClient:
     subscriptions: list[str]
     on_message: MessageHandler
     on_connect: ConnectHandler | None = None
+    # wait_connected waits for these too (the telemetry stream's own connection).
+    companions: list[Companion] = field(default_factory=list)
     connected: bool = False
     connects: int = 0
     _client: aiomqtt.Client | None = field(default=None, repr=False)
@@ -157,10 +166,16 @@ class MqttClient:
         self._up.clear()
 
     async def wait_connected(self, within_s: float | None = None) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = None if within_s is None else loop.time() + within_s
         try:
             await asyncio.wait_for(self._up.wait(), within_s)
         except TimeoutError:
             return False
+        for other in self.companions:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            if not await other.wait_connected(left):
+                return False
         return True
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:

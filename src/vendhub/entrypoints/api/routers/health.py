@@ -39,7 +39,7 @@ async def ready(container: ContainerDep) -> JSONResponse:
 async def metrics(container: ContainerDep) -> Response:
     m = container.metrics
     m.queue_depth.labels("events").set(container.intake.events.qsize())
-    m.queue_depth.labels("telemetry").set(container.intake.telemetry.qsize())
+    m.queue_depth.labels("telemetry").set(container.intake.telemetry_backlog())
     counts = await stats.snapshot(container.ctx)
     for state in UnitStatus:
         m.commands_by_state.labels(state.value).set(counts["units"].get(state.value, 0))
