@@ -297,6 +297,36 @@ async def test_a_retained_online_status_with_a_new_boot_id_records_it_and_sends_
             await dev.client.publish(status_topic, b"", qos=1, retain=True)
 
 
+async def test_one_machines_statuses_are_applied_in_the_order_they_arrived(
+    engine: AsyncEngine, database_urls: dict[str, str], backend: str
+) -> None:
+    """A burst of reboots and last wills from one device: the machine ends as the last
+    message says and its events are recorded in order (the intake routes one machine's
+    messages to one worker; eight workers sharing a queue applied them out of order)."""
+    prefix = unique("t")
+    boots = [f"b{i:02d}" for i in range(1, 31)]
+    async with running(database_urls[backend], prefix) as container, device(prefix) as dev:
+        for boot in boots:
+            await dev.publish("status", {"status": "OFFLINE"})
+            await dev.publish("status", {"status": "ONLINE", "fw": "1.0", "bootId": boot})
+
+        async def settled() -> list[dict[str, Any]] | None:
+            rows = await fetch(
+                container.engine,
+                sa.select(machine_events)
+                .where(machine_events.c.machine_id == "VM01")
+                .order_by(machine_events.c.id),
+            )
+            return rows if len(rows) == 2 * len(boots) else None
+
+        events = await eventually(settled, within=30)
+        assert [e["status"] for e in events] == ["OFFLINE", "ONLINE"] * len(boots)
+        onlines = [e["message"] for e in events if e["status"] == "ONLINE"]
+        assert [m.split("(boot ")[1].rstrip(")") for m in onlines] == boots
+        [row] = await fetch(container.engine, sa.select(machines).where(machines.c.id == "VM01"))
+        assert (row["status"], row["boot_id"]) == ("ONLINE", boots[-1])
+
+
 async def _published(
     container: Container, kind: str, count: int = 1
 ) -> list[dict[str, Any]] | None:

@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from datetime import datetime
 
@@ -25,7 +26,8 @@ from vendhub.services.fleet import TelemetryReading
 
 log = logging.getLogger(__name__)
 
-# Bounded so a flood waits at the socket (backpressure) instead of growing memory.
+# Bounded so a flood waits at the socket (backpressure) instead of growing memory; split
+# evenly between the event workers' own queues.
 EVENT_QUEUE_SIZE = 1000
 # Telemetry frames waiting for the writer (~250 bytes each, so ~12 MB). At this many the
 # stream stops reading (the socket's buffer, then the broker's queue hold the rest; Mosquitto
@@ -40,6 +42,9 @@ TELEMETRY_BATCH = 2000
 TELEMETRY_FLUSH_S = 0.2
 TELEMETRY_POLL_S = 0.02  # how often a partial batch looks for more within the window
 # Results free machines for their next unit: enough workers to keep up beside HTTP work.
+# Each machine's results and statuses go to one worker (by a hash of its id), so they are
+# applied in the order the broker delivered them: an OFFLINE Last Will followed by the
+# device's ONLINE must never be applied the other way round.
 EVENT_WORKERS = 8
 # Results that arrived together, applied in one transaction (services/results.py).
 RESULT_BATCH = 50
@@ -49,7 +54,9 @@ class Intake:
     def __init__(self, ctx: ServiceContext, metrics: Metrics) -> None:
         self.ctx = ctx
         self.metrics = metrics
-        self.events: asyncio.Queue[tuple[str, TopicKind, bytes]] = asyncio.Queue(EVENT_QUEUE_SIZE)
+        self.shards: list[asyncio.Queue[tuple[str, TopicKind, bytes]]] = [
+            asyncio.Queue(EVENT_QUEUE_SIZE // EVENT_WORKERS) for _ in range(EVENT_WORKERS)
+        ]
         # Frames as they came off the socket, in three parallel lists (bounded by
         # take_telemetry): bytes and shared datetimes are not tracked by the garbage
         # collector, where a tuple per waiting frame made its full passes measurably costly.
@@ -70,8 +77,8 @@ class Intake:
 
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._event_worker(), name=f"intake-{i}")
-            for i in range(EVENT_WORKERS)
+            asyncio.create_task(self._event_worker(shard), name=f"intake-{i}")
+            for i, shard in enumerate(self.shards)
         ]
         self._tasks.append(asyncio.create_task(self._telemetry_writer(), name="telemetry"))
 
@@ -84,8 +91,16 @@ class Intake:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _drain(self) -> None:
-        await self.events.join()
+        for shard in self.shards:
+            await shard.join()
         await self._telemetry_idle.wait()
+
+    def events_waiting(self) -> int:
+        return sum(shard.qsize() for shard in self.shards)
+
+    def shard_of(self, machine_id: str) -> int:
+        """The event worker that applies this machine's results and statuses."""
+        return zlib.crc32(machine_id.encode()) % len(self.shards)
 
     def telemetry_backlog(self) -> int:
         return len(self._topics)
@@ -134,27 +149,33 @@ class Intake:
             return
         self._received[parsed.kind].inc()
         if parsed.kind in (TopicKind.DISPENSE_RESULT, TopicKind.STATUS):
-            await self.events.put((parsed.machine_id, parsed.kind, message.payload))
+            shard = self.shards[self.shard_of(parsed.machine_id)]
+            await shard.put((parsed.machine_id, parsed.kind, message.payload))
 
     def _invalid(self, topic: str, kind: TopicKind, exc: Exception) -> None:
         self.metrics.invalid_payloads.labels(kind.value).inc()
         log.warning("dropped invalid payload on %s: %s", topic, exc)
 
-    async def _event_worker(self) -> None:
+    async def _event_worker(self, shard: asyncio.Queue[tuple[str, TopicKind, bytes]]) -> None:
         while True:
-            events = [await self.events.get()]
+            events = [await shard.get()]
             # Whatever else is already waiting goes with it: results in one transaction.
-            while len(events) < RESULT_BATCH and not self.events.empty():
-                events.append(self.events.get_nowait())
+            while len(events) < RESULT_BATCH and not shard.empty():
+                events.append(shard.get_nowait())
             try:
                 await self._apply_events(events)
             finally:
                 for _ in events:
-                    self.events.task_done()
+                    shard.task_done()
 
     async def _apply_events(self, events: list[tuple[str, TopicKind, bytes]]) -> None:
+        """Apply in arrival order: results gathered into one transaction, flushed before a
+        status of a machine that has results waiting, so no machine's order changes."""
         arrivals: list[results.Arrival] = []
         for machine_id, kind, payload in events:
+            if kind is TopicKind.STATUS and any(m == machine_id for m, _, _ in arrivals):
+                await self._apply_results(arrivals)
+                arrivals = []
             try:
                 if kind is TopicKind.DISPENSE_RESULT:
                     arrivals.append((machine_id, parse_result(payload), payload.decode("utf-8")))
@@ -165,8 +186,10 @@ class Intake:
             except Exception:
                 # A database hiccup must not kill the worker; the device re-sends until acked.
                 log.exception("failed to apply %s from %s", kind.value, machine_id)
-        if not arrivals:
-            return
+        if arrivals:
+            await self._apply_results(arrivals)
+
+    async def _apply_results(self, arrivals: list[results.Arrival]) -> None:
         for outcome in await results.apply_results(self.ctx, arrivals):
             self.metrics.results.labels(outcome.value).inc()
 

@@ -38,7 +38,7 @@ async def ready(container: ContainerDep) -> JSONResponse:
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def metrics(container: ContainerDep) -> Response:
     m = container.metrics
-    m.queue_depth.labels("events").set(container.intake.events.qsize())
+    m.queue_depth.labels("events").set(container.intake.events_waiting())
     m.queue_depth.labels("telemetry").set(container.intake.telemetry_backlog())
     counts = await stats.snapshot(container.ctx)
     for state in UnitStatus:
