@@ -204,7 +204,7 @@ async def test_result_after_retransmission_applies_once(
     assert (await slot_row(ctx, 1))["current_stock"] == 4
 
 
-async def test_publisher_skips_a_command_whose_unit_already_settled(
+async def test_a_command_whose_unit_already_settled_is_closed_by_the_result_never_sent(
     stocked: ServiceContext,
 ) -> None:
     ctx = stocked
@@ -214,8 +214,10 @@ async def test_publisher_skips_a_command_whose_unit_already_settled(
     command = (await outbox_rows(ctx, "dispense"))[0]["body"]
     await report(ctx, command)
     await commands.release(ctx, [item])  # as a publisher cut short would
-    [item] = [i for i in await commands.pending(ctx) if i.kind == "dispense"]
-    assert not item.sendable
+    # The result's transaction closed the unsent row: the poll never claims it again.
+    assert [i for i in await commands.pending(ctx) if i.kind == "dispense"] == []
+    [row] = await outbox_rows(ctx, "dispense")
+    assert row["published_at"] is not None
 
 
 # --- giving up ----------------------------------------------------------------------------

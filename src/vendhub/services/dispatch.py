@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vendhub.adapters.db.tables import dispenses, machines, order_items, orders, slots
+from vendhub.adapters.db.tables import dispenses, machines, order_items, orders, outbox, slots
 from vendhub.domain.model import (
     LATE_DROP_ORDER_CORRECTION,
     OrderStatus,
@@ -60,6 +60,20 @@ async def move_order(
         raise RuntimeError(f"order {order_id} changed under a lock")
     log.info("order %s %s → %s", order_id, current.value, new.value)
     return new
+
+
+async def commands_out(conn: AsyncConnection, order_ids: set[str], now: datetime) -> None:
+    """A command of each of these orders went out: those waiting (PENDING_DISPENSE) are now
+    DISPENSING. One statement for a batch, conditional on the old status (others stay)."""
+    if not order_ids:
+        return
+    current, new = OrderStatus.PENDING_DISPENSE, OrderStatus.DISPENSING
+    check_order_transition(current, new)
+    await conn.execute(
+        sa.update(orders)
+        .where(orders.c.id.in_(order_ids), orders.c.status == current.value)
+        .values(status=new.value, updated_at=now)
+    )
 
 
 async def revive_order(
@@ -217,7 +231,15 @@ async def settle_unit(
     )
     if changed.rowcount != 1:
         raise RuntimeError(f"dispense {unit['id']} changed under a lock")
-    sent_at = unit["command_sent_at"]
+    # Its commands are done: the publisher's deferred mark (if still pending) is no longer
+    # needed, and the poll never sends a settled unit's command again.
+    await conn.execute(
+        sa.update(outbox)
+        .where(outbox.c.dispense_id == unit["id"], outbox.c.published_at.is_(None))
+        .values(published_at=now)
+    )
+    # The publish is marked later (or never, see above): the dispatch is the closest time.
+    sent_at = unit["command_sent_at"] or unit["dispatched_at"]
     ctx.unit_settled(dropped, (now - sent_at).total_seconds() if sent_at else None)
     if dropped:
         await stock.consume_reserved_unit(
