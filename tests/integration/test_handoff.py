@@ -318,3 +318,33 @@ async def test_admitted_webhooks_beyond_the_concurrency_wait_their_turn_and_are_
         assert response.status_code == 200, response.text
         assert response.json()["outcome"] == "paid"
         assert gate.inflight == 0 and gate.shed == 0
+
+
+async def test_a_deferred_mark_leaves_out_a_unit_a_result_is_settling_and_never_waits_for_it(
+    ctx: ServiceContext, backend: str
+) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite has no row locks: its writers take turns")
+    await quick_shop(ctx)
+    order_id = await order(ctx)
+    handed: list[OutboxItem] = []
+    ctx.hand_off = handed.extend
+    assert await pay(ctx, order_id, 8000) == "paid"
+    ctx.hand_off = None
+    [item] = handed
+    # A result's transaction holds the unit (it locks the unit first, then its outbox rows):
+    # the mark must not take the outbox row first and then wait for the unit (a deadlock).
+    async with ctx.engine.begin() as result_tx:
+        await result_tx.execute(
+            sa.select(dispenses.c.id)
+            .where(dispenses.c.id == item.dispense_id)
+            .with_for_update(key_share=True)
+        )
+        await asyncio.wait_for(commands.mark_done(ctx, [item], []), 10)
+    [row] = await outbox_rows(ctx, "dispense")
+    assert row["published_at"] is None  # left for the result (or, after the claim, the poll)
+    assert (await _unit(ctx))["attempts"] == 0
+    # Once free, the same mark goes through.
+    await commands.mark_done(ctx, [item], [])
+    [row] = await outbox_rows(ctx, "dispense")
+    assert row["published_at"] is not None and (await _unit(ctx))["attempts"] == 1

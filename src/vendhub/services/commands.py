@@ -114,13 +114,33 @@ async def mark_done(
     now = ctx.clock()
     times = sent_at if sent_at is not None else [now] * len(sent)
     async with ctx.engine.begin() as conn:
-        if sent:
+        pairs = list(zip(sent, times, strict=True))
+        units = sorted({i.dispense_id for i in sent if _is_command(i) and i.dispense_id})
+        if units:
+            # The units first, as a result's transaction takes them (unit, then its outbox
+            # rows): those a transaction holds right now are left out. A result closes their
+            # rows itself; anything else (a retransmission, a give-up) leaves the row to the
+            # poll after its claim (the same commandId again: the device does not dispense
+            # twice). Units no longer in flight were closed when they settled.
+            mine = set(
+                await conn.scalars(
+                    sa.select(dispenses.c.id)
+                    .where(
+                        dispenses.c.id.in_(units),
+                        dispenses.c.status == UnitStatus.IN_FLIGHT.value,
+                    )
+                    .order_by(dispenses.c.id)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            pairs = [(i, at) for i, at in pairs if not _is_command(i) or i.dispense_id in mine]
+        if pairs:
             # Conditional: a row its unit's result already closed (settle_unit) keeps that.
             await conn.execute(
                 sa.update(outbox)
                 .where(outbox.c.id == sa.bindparam("row_id"), outbox.c.published_at.is_(None))
                 .values(published_at=sa.bindparam("at"), attempts=outbox.c.attempts + 1),
-                [{"row_id": i.id, "at": at} for i, at in zip(sent, times, strict=True)],
+                [{"row_id": i.id, "at": at} for i, at in pairs],
             )
         if skipped:
             await conn.execute(
@@ -128,13 +148,13 @@ async def mark_done(
                 .where(outbox.c.id.in_([i.id for i in skipped]))
                 .values(published_at=now, last_error="unit settled or expired before sending")
             )
-        commands = [
-            (i, at)
-            for i, at in zip(sent, times, strict=True)
-            if i.kind is OutboxKind.DISPENSE and i.dispense_id
-        ]
+        commands = [(i, at) for i, at in pairs if _is_command(i)]
         if commands:
             await _commands_sent(ctx, conn, commands)
+
+
+def _is_command(item: OutboxItem) -> bool:
+    return item.kind is OutboxKind.DISPENSE and item.dispense_id is not None
 
 
 async def _commands_sent(
