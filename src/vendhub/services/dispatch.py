@@ -17,7 +17,6 @@ from vendhub.domain.model import (
     LATE_DROP_ORDER_CORRECTION,
     OrderStatus,
     UnitStatus,
-    can_transition,
     check_late_drop,
     check_late_payment_revival,
     check_order_transition,
@@ -491,27 +490,14 @@ async def _after_settling(
     await dispatch_next(ctx, conn, unit["machine_id"])
 
 
-def _sources(outcome: OrderStatus) -> list[OrderStatus]:
-    """Statuses an order may end in `outcome` from, directly or (COMPLETED) through
-    DISPENSING: a unit can only drop after its command went out."""
-    direct = [s for s in OrderStatus if can_transition(s, outcome)]
-    through = [
-        s
-        for s in OrderStatus
-        if s not in direct
-        and can_transition(s, OrderStatus.DISPENSING)
-        and can_transition(OrderStatus.DISPENSING, outcome)
-    ]
-    return direct + (through if outcome is OrderStatus.COMPLETED else [])
-
-
 async def _settle_one_unit_order(
     conn: AsyncConnection, order_id: str, outcome: OrderStatus, now: datetime
 ) -> bool:
-    """An order of one unit ends with it: one conditional UPDATE (its transitions checked
-    against the table in `_sources`). False for an order of several units, or one not in a
-    status that leads there: the caller then reads the order's units under its lock."""
-    sources = _sources(outcome)
+    """A DISPENSING order of one unit ends with it: one conditional UPDATE. False for an
+    order of several units, or one in another status (e.g. still PENDING_DISPENSE because the
+    command's mark has not moved it yet): the caller then reads its units under its lock."""
+    current = OrderStatus.DISPENSING
+    check_order_transition(current, outcome)
     one_unit = (
         sa.select(sa.func.coalesce(sa.func.sum(order_items.c.quantity), 0))
         .where(order_items.c.order_id == order_id)
@@ -520,16 +506,12 @@ async def _settle_one_unit_order(
     extra = {"dispensed_at": now} if outcome is OrderStatus.COMPLETED else {}
     changed = await conn.execute(
         sa.update(orders)
-        .where(
-            orders.c.id == order_id,
-            orders.c.status.in_([s.value for s in sources]),
-            one_unit == 1,
-        )
+        .where(orders.c.id == order_id, orders.c.status == current.value, one_unit == 1)
         .values(status=outcome.value, updated_at=now, **extra)
     )
     if changed.rowcount != 1:
         return False
-    log.info("order %s → %s (its one unit settled)", order_id, outcome.value)
+    log.info("order %s %s → %s", order_id, current.value, outcome.value)
     return True
 
 
