@@ -342,5 +342,6 @@ async def test_an_outbox_row_whose_publish_raises_does_not_hold_back_other_machi
             assert vm02.commands.get_nowait().get("cmd") != "dispense"
         # Healed: once its lease lapses the row is claimed (and sent) again.
         container.mqtt.publish = publish  # type: ignore[method-assign]
+        await container.publisher.flush_marks()  # VM01's command: its deferred mark
         later = dataclasses.replace(ctx, clock=lambda: row["claimed_until"] + timedelta(seconds=1))
         assert [i.id for i in await commands.pending(later)] == [row["id"]]

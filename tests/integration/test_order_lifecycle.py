@@ -204,7 +204,7 @@ async def test_result_after_retransmission_applies_once(
     assert (await slot_row(ctx, 1))["current_stock"] == 4
 
 
-async def test_publisher_skips_a_command_whose_unit_already_settled(
+async def test_a_command_whose_unit_already_settled_is_closed_by_the_result_never_sent(
     stocked: ServiceContext,
 ) -> None:
     ctx = stocked
@@ -214,8 +214,10 @@ async def test_publisher_skips_a_command_whose_unit_already_settled(
     command = (await outbox_rows(ctx, "dispense"))[0]["body"]
     await report(ctx, command)
     await commands.release(ctx, [item])  # as a publisher cut short would
-    [item] = [i for i in await commands.pending(ctx) if i.kind == "dispense"]
-    assert not item.sendable
+    # The result's transaction closed the unsent row: the poll never claims it again.
+    assert [i for i in await commands.pending(ctx) if i.kind == "dispense"] == []
+    [row] = await outbox_rows(ctx, "dispense")
+    assert row["published_at"] is not None
 
 
 # --- giving up ----------------------------------------------------------------------------
@@ -418,3 +420,82 @@ async def test_expired_order_is_shown_expired_over_http(
     assert body["status"] == "EXPIRED"
     assert body["payment_status"] == "EXPIRED"
     assert_error(await client.post(f"/api/payments/cancel/{order_id}", headers=tech), 409)
+
+
+# --- the paid unit's first write (issue 11: fewer statements) --------------------------------
+
+
+async def _units(ctx: ServiceContext, order_id: str) -> list[dict[str, Any]]:
+    return await rows(ctx, dispenses, dispenses.c.order_id == order_id)
+
+
+async def test_a_paid_unit_on_a_free_machine_is_written_in_flight_with_its_command(
+    stocked: ServiceContext,
+) -> None:
+    ctx = stocked
+    order_id = await paid(ctx)
+    [unit] = await _units(ctx, order_id)
+    assert unit["status"] == "IN_FLIGHT" and unit["inflight_machine"] == "VM01"
+    assert unit["dispatched_at"] == ctx.clock()
+    assert unit["expires_at"] == ctx.clock() + timedelta(seconds=ctx.tunables.command_ttl_s)
+    [row] = await outbox_rows(ctx, "dispense")
+    assert row["body"]["commandId"] == unit["id"]
+    assert await order_status(ctx, order_id) == "DISPENSING"
+
+
+async def test_a_unit_left_waiting_on_an_idle_machine_goes_before_a_newly_paid_one(
+    stocked: ServiceContext,
+) -> None:
+    ctx = stocked
+    waiting = await paid(ctx)
+    # As after a crash between a result and the next dispatch: a queued unit, none in flight.
+    await sa_exec(
+        ctx,
+        sa.update(dispenses)
+        .where(dispenses.c.order_id == waiting)
+        .values(status="QUEUED", inflight_machine=None),
+    )
+    await sa_exec(ctx, sa.delete(outbox))
+    newer = await paid(ctx)
+    [first] = await _units(ctx, waiting)
+    [second] = await _units(ctx, newer)
+    assert (first["status"], second["status"]) == ("IN_FLIGHT", "QUEUED")
+    [row] = await outbox_rows(ctx, "dispense")
+    assert row["body"]["commandId"] == first["id"]
+
+
+async def test_a_dropped_unit_logs_the_slots_counts_as_they_were_and_are(
+    stocked: ServiceContext,
+) -> None:
+    ctx = stocked
+    before = (await slot_row(ctx, 1))["current_stock"]
+    order_id = await paid(ctx)
+    command = (await outbox_rows(ctx, "dispense"))[0]["body"]
+    assert await report(ctx, command) == "APPLIED"
+    [log] = await rows(ctx, stock_logs, stock_logs.c.order_id == order_id)
+    assert (log["change_type"], log["quantity_change"]) == ("DISPENSE", -1)
+    assert (log["stock_before"], log["stock_after"]) == (before, before - 1)
+    assert (log["dispense_id"], log["slot_number"]) == (command["commandId"], 1)
+    assert log["created_at"] == ctx.clock()
+    assert await order_status(ctx, order_id) == "COMPLETED"
+
+
+async def test_a_failed_unit_logs_its_released_reservation_with_the_counted_stock(
+    stocked: ServiceContext,
+) -> None:
+    ctx = stocked
+    before = await slot_row(ctx, 1)
+    order_id = await paid(ctx)
+    command = (await outbox_rows(ctx, "dispense"))[0]["body"]
+    assert await report(ctx, command, dropped=False, error="JAM") == "APPLIED"
+    [log] = await rows(ctx, stock_logs, stock_logs.c.order_id == order_id)
+    assert (log["change_type"], log["quantity_change"]) == ("RELEASE", 0)
+    assert (log["stock_before"], log["stock_after"]) == (before["current_stock"],) * 2
+    after = await slot_row(ctx, 1)
+    assert after["reserved"] == before["reserved"]
+    assert await order_status(ctx, order_id) == "FAILED"
+
+
+async def sa_exec(ctx: ServiceContext, stmt: Any) -> None:
+    async with ctx.engine.begin() as conn:
+        await conn.execute(stmt)

@@ -19,14 +19,29 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 # (statements, transactions) per step, on every database; lower them when the code gets
 # leaner, never raise them without a reason written here. Measured before issue 11: 49
 # statements in 9 transactions in all (checkout 9/3, payment 17/1, command 6/2, result 13/1,
-# ack 4/2). Now 36 in 6.
+# ack 4/2). Then 36 in 6. Now:
+# - nothing is written after a publish: the command's "sent" mark is deferred and dropped
+#   when its result comes first (the result's transaction closes the row), and the ack is
+#   written already marked;
+# - checkout reads the machine and the slot in one statement;
+# - payment: the order is locked with its items; no receipt lookup for a PENDING order;
+#   PENDING → PAID → DISPENSING in one write; the unit is inserted already in flight when the
+#   machine is free (one "is it busy" read instead of select + update);
+# - result: the unit is settled by UPDATE … RETURNING (MariaDB has no UPDATE … RETURNING: a
+#   locking read first, one statement more), the stock log row is INSERT … SELECT from the
+#   updated slot (no lock read), a one-unit order ends in one conditional UPDATE.
+# MariaDB: one more in each of payment and result. Its foreign-key checks take shared row
+# locks, so the units are inserted (queued) before the machine is locked and the first is then
+# put in flight (select + update instead of one read); and it has no UPDATE … RETURNING.
 BUDGET = {
-    "checkout": (7, 2),
-    "payment": (13, 1),
-    "command published": (3, 1),
-    "result": (12, 1),
-    "ack published": (1, 1),
+    "checkout": (6, 2),
+    "payment": (9, 1),
+    "command published": (0, 0),
+    "result": (9, 1),
+    "ack published": (0, 0),
 }
+MARIADB = {"payment": (10, 1), "result": (10, 1)}
+TOTAL = (24, 4)
 
 
 class Meter:
@@ -78,17 +93,24 @@ async def test_one_paid_unit_from_order_to_acknowledged_result_stays_within_its_
                 spent["result"] = meter.take()
                 await next_cmd(seen, "ack")
                 await publisher.drained()
+                # The deferred mark of the command: dropped, its result came first.
+                assert await publisher.flush_marks() == 0
                 spent["ack published"] = meter.take()
             finally:
                 event.remove(sync_engine, "before_cursor_execute", meter.statement)
                 event.remove(sync_engine, "begin", meter.begin)
             assert await order_status(ctx, order_id) == "COMPLETED"
     print(ctx.engine.dialect.name, spent)
+    budget = dict(BUDGET)
+    total = TOTAL
+    if ctx.engine.dialect.name == "mysql":
+        budget.update(MARIADB)
+        total = (TOTAL[0] + sum(MARIADB[k][0] - BUDGET[k][0] for k in MARIADB), TOTAL[1])
     over = {
-        step: (spent[step], BUDGET[step])
-        for step in BUDGET
-        if spent[step][0] > BUDGET[step][0] or spent[step][1] > BUDGET[step][1]
+        step: (spent[step], budget[step])
+        for step in budget
+        if spent[step][0] > budget[step][0] or spent[step][1] > budget[step][1]
     }
     assert not over, f"over budget (spent, budget): {over}"
-    assert sum(s for s, _ in spent.values()) <= 36
-    assert sum(t for _, t in spent.values()) <= 6
+    assert sum(s for s, _ in spent.values()) <= total[0]
+    assert sum(t for _, t in spent.values()) <= total[1]

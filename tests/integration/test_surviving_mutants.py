@@ -19,7 +19,7 @@ from tests.integration.helpers import (
 )
 from vendhub.adapters.db.tables import dispenses, refunds
 from vendhub.adapters.payments.sandbox import SandboxProvider
-from vendhub.services import commands, results
+from vendhub.services import commands, dispatch
 from vendhub.services import refunds as refund_service
 from vendhub.services.context import PaymentPolicy, ServiceContext
 from vendhub.services.ports import RefundRequest, RefundResult
@@ -105,13 +105,14 @@ async def test_a_result_the_database_fails_to_apply_is_not_acknowledged(
 ) -> None:
     _, unit = await paid_unit(ctx)
     [command] = await outbox_rows(ctx, "dispense")
-    original = results.settle_unit
+    # Both ways a result settles a unit (one statement, or read then update) end here.
+    original = dispatch._after_settling
 
     async def fails_after_applying(*args: Any, **kwargs: Any) -> Any:
         await original(*args, **kwargs)
         raise Interrupted("the connection dropped before commit")
 
-    monkeypatch.setattr(results, "settle_unit", fails_after_applying)
+    monkeypatch.setattr(dispatch, "_after_settling", fails_after_applying)
     with pytest.raises(Interrupted):
         await report(ctx, command["body"])
     # Nothing recorded, so the device must keep its result and re-send it: no ack.
@@ -120,7 +121,7 @@ async def test_a_result_the_database_fails_to_apply_is_not_acknowledged(
     assert still["status"] == "IN_FLIGHT"
     assert (await slot_row(ctx, 1))["current_stock"] == 5
 
-    monkeypatch.setattr(results, "settle_unit", original)
+    monkeypatch.setattr(dispatch, "_after_settling", original)
     assert await report(ctx, command["body"]) == "APPLIED"
     assert [r["body"] for r in await outbox_rows(ctx, "ack")] == [
         {"cmd": "ack", "commandId": unit["id"]}

@@ -10,11 +10,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vendhub.adapters.db.tables import dispenses, orders, outbox
-from vendhub.domain.model import OrderStatus, UnitStatus, check_order_transition
+from vendhub.adapters.db.tables import dispenses, outbox
+from vendhub.domain.model import UnitStatus
 from vendhub.protocol.messages import DispenseCommand
 from vendhub.services.context import ServiceContext
-from vendhub.services.dispatch import dispatch_next, settle_unit
+from vendhub.services.dispatch import commands_out, dispatch_next, settle_unit
 from vendhub.services.outbox import CLAIM_LEASE_S, OutboxItem, OutboxKind, enqueue
 from vendhub.services.passes import isolated
 from vendhub.services.rows import every, first
@@ -99,18 +99,48 @@ def _sendable(row: RowMapping, now: datetime) -> bool:
     )
 
 
-async def mark_done(ctx: ServiceContext, sent: list[OutboxItem], skipped: list[OutboxItem]) -> None:
+async def mark_done(
+    ctx: ServiceContext,
+    sent: list[OutboxItem],
+    skipped: list[OutboxItem],
+    *,
+    sent_at: list[datetime] | None = None,
+) -> None:
     """One transaction for a whole batch: after the broker's PUBACK (sent) or a decision
-    not to send (skipped), a row is never published again."""
+    not to send (skipped), a row is never published again. `sent_at`: when each sent row was
+    really published (a deferred mark, see OutboxPublisher); default now."""
     if not sent and not skipped:
         return
     now = ctx.clock()
+    times = sent_at if sent_at is not None else [now] * len(sent)
     async with ctx.engine.begin() as conn:
-        if sent:
+        pairs = list(zip(sent, times, strict=True))
+        units = sorted({i.dispense_id for i in sent if _is_command(i) and i.dispense_id})
+        if units:
+            # The units first, as a result's transaction takes them (unit, then its outbox
+            # rows): those a transaction holds right now are left out. A result closes their
+            # rows itself; anything else (a retransmission, a give-up) leaves the row to the
+            # poll after its claim (the same commandId again: the device does not dispense
+            # twice). Units no longer in flight were closed when they settled.
+            mine = set(
+                await conn.scalars(
+                    sa.select(dispenses.c.id)
+                    .where(
+                        dispenses.c.id.in_(units),
+                        dispenses.c.status == UnitStatus.IN_FLIGHT.value,
+                    )
+                    .order_by(dispenses.c.id)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            pairs = [(i, at) for i, at in pairs if not _is_command(i) or i.dispense_id in mine]
+        if pairs:
+            # Conditional: a row its unit's result already closed (settle_unit) keeps that.
             await conn.execute(
                 sa.update(outbox)
-                .where(outbox.c.id.in_([i.id for i in sent]))
-                .values(published_at=now, attempts=outbox.c.attempts + 1)
+                .where(outbox.c.id == sa.bindparam("row_id"), outbox.c.published_at.is_(None))
+                .values(published_at=sa.bindparam("at"), attempts=outbox.c.attempts + 1),
+                [{"row_id": i.id, "at": at} for i, at in pairs],
             )
         if skipped:
             await conn.execute(
@@ -118,13 +148,17 @@ async def mark_done(ctx: ServiceContext, sent: list[OutboxItem], skipped: list[O
                 .where(outbox.c.id.in_([i.id for i in skipped]))
                 .values(published_at=now, last_error="unit settled or expired before sending")
             )
-        commands = [i for i in sent if i.kind is OutboxKind.DISPENSE and i.dispense_id]
+        commands = [(i, at) for i, at in pairs if _is_command(i)]
         if commands:
-            await _commands_sent(ctx, conn, commands, now)
+            await _commands_sent(ctx, conn, commands)
+
+
+def _is_command(item: OutboxItem) -> bool:
+    return item.kind is OutboxKind.DISPENSE and item.dispense_id is not None
 
 
 async def _commands_sent(
-    ctx: ServiceContext, conn: AsyncConnection, items: list[OutboxItem], now: datetime
+    ctx: ServiceContext, conn: AsyncConnection, items: list[tuple[OutboxItem, datetime]]
 ) -> None:
     grace = ctx.tunables.result_grace_ms
     await conn.execute(
@@ -135,27 +169,23 @@ async def _commands_sent(
         )
         .values(
             attempts=dispenses.c.attempts + 1,
-            command_sent_at=sa.func.coalesce(dispenses.c.command_sent_at, now),
+            command_sent_at=sa.func.coalesce(
+                dispenses.c.command_sent_at,
+                sa.bindparam("at", type_=dispenses.c.command_sent_at.type),
+            ),
             next_attempt_at=sa.bindparam("retry_at"),
         ),
         [
             {
                 "unit_id": i.dispense_id,
-                "retry_at": now + timedelta(milliseconds=i.timeout_ms + grace),
+                "at": at,
+                "retry_at": at + timedelta(milliseconds=i.timeout_ms + grace),
             }
-            for i in items
+            for i, at in items
         ],
     )
     # The command is out: a waiting order is now dispensing.
-    check_order_transition(OrderStatus.PENDING_DISPENSE, OrderStatus.DISPENSING)
-    await conn.execute(
-        sa.update(orders)
-        .where(
-            orders.c.id.in_({i.order_id for i in items if i.order_id}),
-            orders.c.status == OrderStatus.PENDING_DISPENSE.value,
-        )
-        .values(status=OrderStatus.DISPENSING.value, updated_at=now)
-    )
+    await commands_out(conn, {i.order_id for i, _ in items if i.order_id}, ctx.clock())
 
 
 async def retransmit_due(ctx: ServiceContext, limit: int = 200) -> int:

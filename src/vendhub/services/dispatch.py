@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vendhub.adapters.db.tables import dispenses, machines, order_items, orders, slots
+from vendhub.adapters.db.tables import dispenses, machines, order_items, orders, outbox, slots
 from vendhub.domain.model import (
     LATE_DROP_ORDER_CORRECTION,
     OrderStatus,
@@ -21,7 +24,7 @@ from vendhub.domain.model import (
     order_outcome,
 )
 from vendhub.domain.money import rupiah
-from vendhub.protocol.messages import DispenseCommand
+from vendhub.protocol.messages import DispenseCommand, PresenceStatus
 from vendhub.services import alerts, refunds, stock
 from vendhub.services.context import ServiceContext
 from vendhub.services.errors import Conflict, NotFound
@@ -32,11 +35,11 @@ from vendhub.services.rows import every, first
 log = logging.getLogger(__name__)
 
 # Machines in these states get no new commands; UNKNOWN (never heard from) still does.
-UNREACHABLE = frozenset({"OFFLINE", "MAINTENANCE"})
+UNREACHABLE = frozenset({PresenceStatus.OFFLINE.value, PresenceStatus.MAINTENANCE.value})
 
 
 async def set_order_status(
-    conn: AsyncConnection, order: RowMapping, new: OrderStatus, now: datetime, **values: object
+    conn: AsyncConnection, order: RowMapping, new: OrderStatus, now: datetime, **values: Any
 ) -> OrderStatus:
     """The only way an order's status changes: validated, and conditional on the old value."""
     return await move_order(conn, order["id"], OrderStatus(order["status"]), new, now, **values)
@@ -48,9 +51,14 @@ async def move_order(
     current: OrderStatus,
     new: OrderStatus,
     now: datetime,
-    **values: object,
+    *,
+    via: OrderStatus | None = None,
+    **values: Any,
 ) -> OrderStatus:
-    check_order_transition(current, new)
+    """`via`: two transitions in one write (current → via → new), each checked."""
+    steps = [current, new] if via is None else [current, via, new]
+    for old, nxt in itertools.pairwise(steps):
+        check_order_transition(old, nxt)
     result = await conn.execute(
         sa.update(orders)
         .where(orders.c.id == order_id, orders.c.status == current.value)
@@ -58,8 +66,22 @@ async def move_order(
     )
     if result.rowcount != 1:
         raise RuntimeError(f"order {order_id} changed under a lock")
-    log.info("order %s %s → %s", order_id, current.value, new.value)
+    log.info("order %s %s", order_id, " → ".join(s.value for s in steps))
     return new
+
+
+async def commands_out(conn: AsyncConnection, order_ids: set[str], now: datetime) -> None:
+    """A command of each of these orders went out: those waiting (PENDING_DISPENSE) are now
+    DISPENSING. One statement for a batch, conditional on the old status (others stay)."""
+    if not order_ids:
+        return
+    current, new = OrderStatus.PENDING_DISPENSE, OrderStatus.DISPENSING
+    check_order_transition(current, new)
+    await conn.execute(
+        sa.update(orders)
+        .where(orders.c.id.in_(order_ids), orders.c.status == current.value)
+        .values(status=new.value, updated_at=now)
+    )
 
 
 async def revive_order(
@@ -89,18 +111,77 @@ async def lock_order(conn: AsyncConnection, order_id: str) -> RowMapping | None:
     return (await conn.execute(stmt)).mappings().first()
 
 
-async def create_units(
-    ctx: ServiceContext, conn: AsyncConnection, order_id: str, machine_id: str
-) -> None:
-    """For a PAID order: one QUEUED dispense row per physical unit, then start the machine."""
-    now = ctx.clock()
-    items = await every(
-        conn,
-        sa.select(order_items, slots.c.motor_duration_ms)
-        .join(slots, slots.c.id == order_items.c.slot_id)
-        .where(order_items.c.order_id == order_id)
-        .order_by(order_items.c.id),
+async def lock_order_with_items(
+    conn: AsyncConnection, order_id: str
+) -> tuple[RowMapping | None, list[RowMapping]]:
+    """The order, locked, with its items and each slot's motor time, in one statement. The
+    items' rows are locked with it (only ever changed under the order's lock); the slots are
+    read, not locked (a subquery)."""
+    motor = (
+        sa.select(slots.c.motor_duration_ms)
+        .where(slots.c.id == order_items.c.slot_id)
+        .scalar_subquery()
+        .label("item_motor_duration_ms")
     )
+    rows = (
+        (
+            await conn.execute(
+                sa.select(
+                    orders,
+                    order_items.c.id.label("item_id"),
+                    order_items.c.slot_id.label("item_slot_id"),
+                    order_items.c.slot_number.label("item_slot_number"),
+                    order_items.c.unit_price.label("item_unit_price"),
+                    order_items.c.quantity.label("item_quantity"),
+                    motor,
+                )
+                .join(order_items, order_items.c.order_id == orders.c.id)
+                .where(orders.c.id == order_id)
+                .order_by(order_items.c.id)
+                .with_for_update(key_share=True)
+            )
+        )
+        .mappings()
+        .all()
+    )
+    if not rows:
+        return await lock_order(conn, order_id), []
+    items = [
+        {
+            "id": r["item_id"],
+            "slot_id": r["item_slot_id"],
+            "slot_number": r["item_slot_number"],
+            "unit_price": r["item_unit_price"],
+            "quantity": r["item_quantity"],
+            "motor_duration_ms": r["item_motor_duration_ms"],
+        }
+        for r in rows
+    ]
+    return rows[0], items  # type: ignore[return-value]
+
+
+async def create_units(
+    ctx: ServiceContext,
+    conn: AsyncConnection,
+    order_id: str,
+    machine_id: str,
+    *,
+    current: OrderStatus = OrderStatus.PAID,
+    items: Sequence[Any] | None = None,
+    **order_values: Any,
+) -> None:
+    """For an order being paid (`current` PENDING, moved through PAID) or PAID: one dispense
+    row per physical unit; the first is written already in flight (its command in the
+    outbox) when the machine is free, else they queue behind the unit in flight."""
+    now = ctx.clock()
+    if items is None:
+        items = await every(
+            conn,
+            sa.select(order_items, slots.c.motor_duration_ms)
+            .join(slots, slots.c.id == order_items.c.slot_id)
+            .where(order_items.c.order_id == order_id)
+            .order_by(order_items.c.id),
+        )
     rows = [
         {
             "id": new_id(),
@@ -111,21 +192,90 @@ async def create_units(
             "slot_number": item["slot_number"],
             "unit_price": item["unit_price"],
             "status": UnitStatus.QUEUED.value,
+            "inflight_machine": None,
             "timeout_ms": item["motor_duration_ms"] + ctx.tunables.motor_margin_ms,
             # While queued, expires_at is the latest time the unit may still be sent.
             "expires_at": now + timedelta(seconds=ctx.tunables.queue_ttl_s),
+            "dispatched_at": None,
             "created_at": now,
         }
-        for item in items
+        for item in items or []
         for _ in range(item["quantity"])
     ]
-    await conn.execute(sa.insert(dispenses), rows)
-    # Locked once here for both the reachability answer and the dispatch that follows.
+    via = OrderStatus.PAID if current is not OrderStatus.PAID else None
+    if _fk_checks_lock_rows(conn):
+        # MariaDB: inserting the units takes shared locks on their slot and machine rows
+        # (foreign-key checks) that a checkout's reservation or another dispatcher may hold;
+        # taken before the machine's lock, as every other transaction takes them.
+        await conn.execute(sa.insert(dispenses), rows)
+        machine = await lock_machine(conn, machine_id)
+        target = _start_status(ctx, machine)
+        await move_order(conn, order_id, current, target, now, via=via, **order_values)
+        await dispatch_next(ctx, conn, machine_id, locked=machine)
+        return
+    # Serialises the dispatchers of this machine; locked once for the reachability answer
+    # and the dispatch. (PostgreSQL's foreign-key checks take KEY SHARE, which this lock,
+    # NO KEY UPDATE, does not block.)
     machine = await lock_machine(conn, machine_id)
+    target = _start_status(ctx, machine)
+    await move_order(conn, order_id, current, target, now, via=via, **order_values)
+    in_flight = queued = True
+    if machine is not None and machine["status"] not in UNREACHABLE:
+        # The same conditions as dispatch_next: is a unit in flight here, or one waiting
+        # that may still be sent (it goes first)?
+        busy = (
+            await conn.execute(
+                sa.select(
+                    sa.exists().where(dispenses.c.inflight_machine == machine_id),
+                    sa.exists().where(
+                        dispenses.c.machine_id == machine_id,
+                        dispenses.c.status == UnitStatus.QUEUED.value,
+                        dispenses.c.expires_at > now,
+                    ),
+                )
+            )
+        ).one()
+        in_flight, queued = bool(busy[0]), bool(busy[1])
+    first_unit = rows[0] if rows and not in_flight and not queued else None
+    if first_unit is not None:
+        # The machine is free: the first unit goes out now, without a QUEUED step on disk.
+        check_unit_transition(UnitStatus.QUEUED, UnitStatus.IN_FLIGHT)
+        first_unit.update(
+            status=UnitStatus.IN_FLIGHT.value,
+            inflight_machine=machine_id,
+            expires_at=now + timedelta(seconds=ctx.tunables.command_ttl_s),
+            dispatched_at=now,
+        )
+    await conn.execute(sa.insert(dispenses), rows)
+    if first_unit is not None:
+        await _send(ctx, conn, first_unit, now)
+    elif queued and not in_flight:
+        await dispatch_next(ctx, conn, machine_id, locked=machine)
+
+
+def _fk_checks_lock_rows(conn: AsyncConnection) -> bool:
+    return conn.dialect.name == "mysql"
+
+
+def _start_status(ctx: ServiceContext, machine: RowMapping | None) -> OrderStatus:
     reachable = ctx.mqtt_connected() and (machine["status"] if machine else None) not in UNREACHABLE
-    target = OrderStatus.DISPENSING if reachable else OrderStatus.PENDING_DISPENSE
-    await move_order(conn, order_id, OrderStatus.PAID, target, now)
-    await dispatch_next(ctx, conn, machine_id, locked=machine)
+    return OrderStatus.DISPENSING if reachable else OrderStatus.PENDING_DISPENSE
+
+
+async def _send(
+    ctx: ServiceContext, conn: AsyncConnection, unit: Mapping[str, Any], now: datetime
+) -> None:
+    """The dispense command of a unit just put in flight, into the outbox."""
+    command = DispenseCommand(
+        command_id=unit["id"],
+        order_id=unit["order_id"],
+        slot=unit["slot_number"],
+        timeout_ms=unit["timeout_ms"],
+        expires_at=int(unit["expires_at"].timestamp()),
+    )
+    await enqueue(
+        conn, ctx.tunables.topic_prefix, unit["machine_id"], command, now, dispense_id=unit["id"]
+    )
 
 
 _INFLIGHT = dispenses.alias("inflight")
@@ -175,15 +325,29 @@ async def dispatch_next(
             dispatched_at=now,
         )
     )
-    command = DispenseCommand(
-        command_id=unit["id"],
-        order_id=unit["order_id"],
-        slot=unit["slot_number"],
-        timeout_ms=unit["timeout_ms"],
-        expires_at=int(expires_at.timestamp()),
-    )
-    await enqueue(conn, ctx.tunables.topic_prefix, machine_id, command, now, dispense_id=unit["id"])
+    await _send(ctx, conn, {**unit, "expires_at": expires_at}, now)
     return True
+
+
+def _settled_values(
+    new: UnitStatus,
+    now: datetime,
+    *,
+    success: bool | None,
+    drop_detected: bool | None,
+    duration_ms: int | None,
+    error: str | None,
+) -> dict[str, object]:
+    return {
+        "status": new.value,
+        "inflight_machine": None,
+        "completed_at": now,
+        "success": success,
+        "drop_detected": drop_detected,
+        "duration_ms": duration_ms,
+        "error_message": error,
+        "next_attempt_at": None,
+    }
 
 
 async def settle_unit(
@@ -197,7 +361,8 @@ async def settle_unit(
     duration_ms: int | None,
     error: str | None,
 ) -> None:
-    """Apply the one outcome of a unit: stock, refund owed, order status, next unit."""
+    """Apply the one outcome of a unit (read and locked by the caller): stock, refund owed,
+    order status, next unit."""
     now = ctx.clock()
     new = UnitStatus.DROPPED if dropped else UnitStatus.FAILED
     check_unit_transition(UnitStatus(unit["status"]), new)
@@ -205,19 +370,94 @@ async def settle_unit(
         sa.update(dispenses)
         .where(dispenses.c.id == unit["id"], dispenses.c.status == unit["status"])
         .values(
-            status=new.value,
-            inflight_machine=None,
-            completed_at=now,
-            success=success,
-            drop_detected=drop_detected,
-            duration_ms=duration_ms,
-            error_message=error,
-            next_attempt_at=None,
+            **_settled_values(
+                new,
+                now,
+                success=success,
+                drop_detected=drop_detected,
+                duration_ms=duration_ms,
+                error=error,
+            )
         )
     )
     if changed.rowcount != 1:
         raise RuntimeError(f"dispense {unit['id']} changed under a lock")
-    sent_at = unit["command_sent_at"]
+    await _after_settling(ctx, conn, unit, dropped=dropped, error=error, now=now)
+
+
+async def settle_in_flight(
+    ctx: ServiceContext,
+    conn: AsyncConnection,
+    machine_id: str,
+    command_id: str,
+    *,
+    order_id: str,
+    slot_number: int,
+    dropped: bool,
+    success: bool | None,
+    drop_detected: bool | None,
+    duration_ms: int | None,
+    error: str | None,
+) -> RowMapping | None:
+    """The common case of a result, in one statement where the database returns what it
+    updated (PostgreSQL, SQLite): settle the unit if it is this machine's command for this
+    order and slot and still in flight. None (nothing changed) otherwise, or on MariaDB (no
+    UPDATE … RETURNING): the caller then reads and locks the unit and decides."""
+    if not conn.dialect.update_returning:
+        return None
+    now = ctx.clock()
+    new = UnitStatus.DROPPED if dropped else UnitStatus.FAILED
+    check_unit_transition(UnitStatus.IN_FLIGHT, new)
+    unit = (
+        (
+            await conn.execute(
+                sa.update(dispenses)
+                .where(
+                    dispenses.c.id == command_id,
+                    dispenses.c.machine_id == machine_id,
+                    dispenses.c.order_id == order_id,
+                    dispenses.c.slot_number == slot_number,
+                    dispenses.c.status == UnitStatus.IN_FLIGHT.value,
+                )
+                .values(
+                    **_settled_values(
+                        new,
+                        now,
+                        success=success,
+                        drop_detected=drop_detected,
+                        duration_ms=duration_ms,
+                        error=error,
+                    )
+                )
+                .returning(*dispenses.c)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if unit is not None:
+        await _after_settling(ctx, conn, unit, dropped=dropped, error=error, now=now)
+    return unit
+
+
+async def _after_settling(
+    ctx: ServiceContext,
+    conn: AsyncConnection,
+    unit: RowMapping,
+    *,
+    dropped: bool,
+    error: str | None,
+    now: datetime,
+) -> None:
+    # Its commands are done: the publisher's deferred mark (if still pending) is no longer
+    # needed, and the poll never sends a settled unit's command again.
+    await conn.execute(
+        sa.update(outbox)
+        .where(outbox.c.dispense_id == unit["id"], outbox.c.published_at.is_(None))
+        .values(published_at=now)
+    )
+    # The publish is marked later (or never, see above): the dispatch is the closest time.
+    sent_at = unit["command_sent_at"] or unit["dispatched_at"]
     ctx.unit_settled(dropped, (now - sent_at).total_seconds() if sent_at else None)
     if dropped:
         await stock.consume_reserved_unit(
@@ -244,8 +484,35 @@ async def settle_unit(
             details={"order_id": unit["order_id"], "command_id": unit["id"]},
             now=now,
         )
-    await _settle_order(conn, unit["order_id"], now)
+    outcome = OrderStatus.COMPLETED if dropped else OrderStatus.FAILED
+    if not await _settle_one_unit_order(conn, unit["order_id"], outcome, now):
+        await _settle_order(conn, unit["order_id"], now)
     await dispatch_next(ctx, conn, unit["machine_id"])
+
+
+async def _settle_one_unit_order(
+    conn: AsyncConnection, order_id: str, outcome: OrderStatus, now: datetime
+) -> bool:
+    """A DISPENSING order of one unit ends with it: one conditional UPDATE. False for an
+    order of several units, or one in another status (e.g. still PENDING_DISPENSE because the
+    command's mark has not moved it yet): the caller then reads its units under its lock."""
+    current = OrderStatus.DISPENSING
+    check_order_transition(current, outcome)
+    one_unit = (
+        sa.select(sa.func.coalesce(sa.func.sum(order_items.c.quantity), 0))
+        .where(order_items.c.order_id == order_id)
+        .scalar_subquery()
+    )
+    extra = {"dispensed_at": now} if outcome is OrderStatus.COMPLETED else {}
+    changed = await conn.execute(
+        sa.update(orders)
+        .where(orders.c.id == order_id, orders.c.status == current.value, one_unit == 1)
+        .values(status=outcome.value, updated_at=now, **extra)
+    )
+    if changed.rowcount != 1:
+        return False
+    log.info("order %s %s → %s", order_id, current.value, outcome.value)
+    return True
 
 
 async def _settle_order(conn: AsyncConnection, order_id: str, now: datetime) -> None:
@@ -266,7 +533,7 @@ async def _settle_order(conn: AsyncConnection, order_id: str, now: datetime) -> 
     ):
         # A unit can only drop after its command went out; catch up with that fact.
         current = await move_order(conn, order_id, current, OrderStatus.DISPENSING, now)
-    extra = {"dispensed_at": now} if outcome is OrderStatus.COMPLETED else {}
+    extra: dict[str, Any] = {"dispensed_at": now} if outcome is OrderStatus.COMPLETED else {}
     await move_order(conn, order_id, current, outcome, now, **extra)
 
 

@@ -68,17 +68,22 @@ async def place_order(
     if not lines:
         raise InvalidRequest("an order needs at least one item")
     now = ctx.clock()
+    for line in lines:
+        if line.quantity < 1:
+            raise InvalidRequest("quantity must be at least 1")
     async with ctx.engine.begin() as conn:
-        machine = await first(conn, sa.select(machines).where(machines.c.id == machine_id))
+        # The machine and the first line's slot in one statement.
+        machine = await first(conn, _slot_for_sale_query(machine_id, _slot_cond(lines[0]), True))
         if machine is None:
             raise NotFound(f"machine {machine_id} not found")
-        if not machine["is_active"]:
+        if not machine["m_active"]:
             raise Conflict(f"machine {machine_id} is not accepting orders")
-        if machine["status"] in UNREACHABLE:
-            raise Conflict(f"machine {machine_id} is {machine['status']}; it takes no orders now")
+        if machine["m_status"] in UNREACHABLE:
+            raise Conflict(f"machine {machine_id} is {machine['m_status']}; it takes no orders now")
         if origin is not None:
             await _within_caps(ctx, conn, machine_id, origin, sum(li.quantity for li in lines))
-        merged = await _merge_lines(conn, machine_id, lines)
+        first_slot = machine if machine["id"] is not None else None
+        merged = await _merge_lines(conn, machine_id, lines, first_slot)
         # Slot rows are locked in one global order (by id), so two orders naming the same
         # slots in opposite orders cannot deadlock each other.
         for slot_id in sorted(merged):
@@ -194,21 +199,26 @@ async def access_info(ctx: ServiceContext, order_id: str) -> tuple[str, str | No
 
 
 async def _merge_lines(
-    conn: AsyncConnection, machine_id: str, lines: list[OrderLine]
+    conn: AsyncConnection,
+    machine_id: str,
+    lines: list[OrderLine],
+    first_slot: RowMapping | None,
 ) -> dict[str, tuple[Any, Any, int]]:
-    """Resolve each line to its slot and product; the same slot twice becomes one line."""
+    """Resolve each line to its slot and product; the same slot twice becomes one line.
+    `first_slot`: the first line's slot, already read (None: not found by that read)."""
     merged: dict[str, tuple[Any, Any, int]] = {}
     quantities: dict[str, int] = defaultdict(int)
-    for line in lines:
-        if line.quantity < 1:
-            raise InvalidRequest("quantity must be at least 1")
-        cond = (
-            slots.c.id == line.slot_id if line.slot_id else slots.c.slot_number == line.slot_number
-        )
-        row = await _slot_for_sale(conn, machine_id, cond)
+    for n, line in enumerate(lines):
+        if n == 0:
+            row = first_slot
+        else:
+            row = await first(conn, _slot_for_sale_query(machine_id, _slot_cond(line)))
         if row is None and line.slot_id and line.slot_id.isdigit() and len(line.slot_id) <= 6:
             # The seed's numeric slot ids counted 1, 2, 3… per machine: read as the slot number.
-            row = await _slot_for_sale(conn, machine_id, slots.c.slot_number == int(line.slot_id))
+            row = await first(
+                conn,
+                _slot_for_sale_query(machine_id, slots.c.slot_number == int(line.slot_id)),
+            )
         if row is None:
             which = line.slot_id or line.slot_number
             raise NotFound(f"slot {which} not found on machine {machine_id}")
@@ -220,20 +230,37 @@ async def _merge_lines(
     return merged
 
 
-async def _slot_for_sale(
-    conn: AsyncConnection, machine_id: str, cond: sa.ColumnElement[bool]
-) -> RowMapping | None:
-    return await first(
-        conn,
-        sa.select(
-            slots,
-            products.c.id.label("p_id"),
-            products.c.name.label("p_name"),
-            products.c.price.label("p_price"),
-            products.c.is_active.label("p_active"),
+def _slot_cond(line: OrderLine) -> sa.ColumnElement[bool]:
+    return slots.c.id == line.slot_id if line.slot_id else slots.c.slot_number == line.slot_number
+
+
+def _slot_for_sale_query(
+    machine_id: str, cond: sa.ColumnElement[bool], with_machine: bool = False
+) -> sa.Select[Any]:
+    """A slot of the machine with its product; `with_machine`: from the machine's row (one
+    row whenever the machine exists; the slot's columns are NULL if no slot matches)."""
+    columns: list[Any] = [
+        slots,
+        products.c.id.label("p_id"),
+        products.c.name.label("p_name"),
+        products.c.price.label("p_price"),
+        products.c.is_active.label("p_active"),
+    ]
+    if not with_machine:
+        return (
+            sa.select(*columns)
+            .outerjoin(products, products.c.id == slots.c.product_id)
+            .where(slots.c.machine_id == machine_id, cond)
         )
+    return (
+        sa.select(
+            machines.c.is_active.label("m_active"), machines.c.status.label("m_status"), *columns
+        )
+        .select_from(machines)
+        .outerjoin(slots, sa.and_(slots.c.machine_id == machines.c.id, cond))
         .outerjoin(products, products.c.id == slots.c.product_id)
-        .where(slots.c.machine_id == machine_id, cond),
+        .where(machines.c.id == machine_id)
+        .limit(1)
     )
 
 

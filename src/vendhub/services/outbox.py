@@ -46,6 +46,10 @@ class OutboxItem:
     sendable: bool = True
     timeout_ms: int = 0
     order_id: str | None = None
+    # An ack written already marked sent (see `enqueue`): published after the commit, never
+    # marked. `acks` is the commandId it acknowledges.
+    premarked: bool = False
+    acks: str | None = None
 
 
 # Rows written while a hand-off is open (see `handing_off`) are claimed at insert and
@@ -92,6 +96,10 @@ async def enqueue(
     collected = _collecting.get()
     row_topic = topic(prefix, machine_id, kind_topic)
     payload = message.to_bytes()
+    # An ack handed off in process is written already marked sent: if its publish is lost
+    # (crash, broker away), the device re-publishes its result until acked (device obligation
+    # 3) and the duplicate result is acked again. Without a hand-off the poll sends it.
+    premarked = collected is not None and kind is OutboxKind.ACK
     inserted = await conn.execute(
         sa.insert(outbox).values(
             kind=kind.value,
@@ -102,8 +110,13 @@ async def enqueue(
             retain=retain,
             dispense_id=dispense_id,
             created_at=now,
+            published_at=now if premarked else None,
             # Handed off: the poll leaves it alone unless this process never marks it sent.
-            claimed_until=now + timedelta(seconds=CLAIM_LEASE_S) if collected is not None else None,
+            claimed_until=(
+                now + timedelta(seconds=CLAIM_LEASE_S)
+                if collected is not None and not premarked
+                else None
+            ),
         )
     )
     if collected is None:
@@ -123,5 +136,7 @@ async def enqueue(
             dispense_id,
             timeout_ms=message.timeout_ms if isinstance(message, DispenseCommand) else 0,
             order_id=message.order_id if isinstance(message, DispenseCommand) else None,
+            premarked=premarked,
+            acks=message.command_id if isinstance(message, AckCommand) else None,
         )
     )

@@ -25,7 +25,12 @@ from vendhub.domain.payments import PaymentStatus
 from vendhub.services import outbox, stock
 from vendhub.services import refunds as refunds_service
 from vendhub.services.context import ServiceContext
-from vendhub.services.dispatch import create_units, lock_order, revive_order, set_order_status
+from vendhub.services.dispatch import (
+    create_units,
+    lock_order,
+    lock_order_with_items,
+    revive_order,
+)
 from vendhub.services.errors import InvalidRequest, NotFound
 from vendhub.services.ids import new_id
 from vendhub.services.orders import close_unpaid
@@ -82,7 +87,12 @@ async def apply_notification(ctx: ServiceContext, note: Notification) -> Outcome
 async def _store_and_apply(ctx: ServiceContext, note: Notification) -> Outcome:
     now = ctx.clock()
     async with ctx.engine.begin() as conn:
-        order = await lock_order(conn, note.order_id)
+        items: list[RowMapping] = []
+        if note.status is PaymentStatus.PAID:
+            # What paying needs, in the statement that locks the order.
+            order, items = await lock_order_with_items(conn, note.order_id)
+        else:
+            order = await lock_order(conn, note.order_id)
         if order is None:
             raise NotFound(f"order {note.order_id} not found")
         if note.amount != order["total_amount"]:
@@ -96,7 +106,7 @@ async def _store_and_apply(ctx: ServiceContext, note: Notification) -> Outcome:
                 f"gross_amount {note.gross_amount} does not match the order total "
                 f"{order['total_amount']}"
             )
-        outcome = await _apply(ctx, conn, order, note)
+        outcome = await _apply(ctx, conn, order, note, items)
         # Stored last, with its outcome (one statement): a copy of a stored notification
         # fails here on the unique key and rolls back everything it would have done.
         await conn.execute(
@@ -117,7 +127,11 @@ async def _store_and_apply(ctx: ServiceContext, note: Notification) -> Outcome:
 
 
 async def _apply(
-    ctx: ServiceContext, conn: AsyncConnection, order: RowMapping, note: Notification
+    ctx: ServiceContext,
+    conn: AsyncConnection,
+    order: RowMapping,
+    note: Notification,
+    items: list[RowMapping],
 ) -> Outcome:
     status = OrderStatus(order["status"])
     if note.status is PaymentStatus.PAID:
@@ -127,7 +141,7 @@ async def _apply(
             # webhook then status): whatever it led to, it must not lead to it twice.
             return Outcome.ALREADY_PAID
         if status is OrderStatus.PENDING:
-            await _mark_paid(ctx, conn, order, note)
+            await _mark_paid(ctx, conn, order, note, items)
             return Outcome.PAID
         closed = status in (OrderStatus.EXPIRED, OrderStatus.CANCELLED)
         if closed and await _dispense_late_payment(ctx, conn, order, note):
@@ -174,14 +188,18 @@ async def _record_receipt(
 ) -> str | None:
     """Books a gateway payment in the ledger; its id, or None if this transaction is already
     booked."""
-    exists = await conn.scalar(
-        sa.select(payment_receipts.c.id).where(
-            payment_receipts.c.order_id == order["id"],
-            payment_receipts.c.transaction_id == note.transaction_id[:64],
+    # An order still PENDING has no receipt: booking one moves it on in the same transaction
+    # (paid, or refund owed), and nothing moves an order back to PENDING. The unique key
+    # (order, transaction) backs this up.
+    if order["status"] != OrderStatus.PENDING.value:
+        exists = await conn.scalar(
+            sa.select(payment_receipts.c.id).where(
+                payment_receipts.c.order_id == order["id"],
+                payment_receipts.c.transaction_id == note.transaction_id[:64],
+            )
         )
-    )
-    if exists is not None:
-        return None
+        if exists is not None:
+            return None
     receipt = {
         "id": new_id(),
         "order_id": order["id"],
@@ -197,12 +215,24 @@ async def _record_receipt(
 
 
 async def _mark_paid(
-    ctx: ServiceContext, conn: AsyncConnection, order: RowMapping, note: Notification
+    ctx: ServiceContext,
+    conn: AsyncConnection,
+    order: RowMapping,
+    note: Notification,
+    items: list[RowMapping],
 ) -> None:
     now = ctx.clock()
-    await set_order_status(conn, order, OrderStatus.PAID, now, paid_at=now)
     await _record_payment(conn, order["id"], note, now)
-    await create_units(ctx, conn, order["id"], order["machine_id"])
+    # PENDING → PAID → DISPENSING (or PENDING_DISPENSE) in one write, with the units.
+    await create_units(
+        ctx,
+        conn,
+        order["id"],
+        order["machine_id"],
+        current=OrderStatus.PENDING,
+        items=items or None,
+        paid_at=now,
+    )
 
 
 async def _record_payment(

@@ -6,7 +6,7 @@ import logging
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import partial
-from typing import Any
+from typing import Any, TypedDict
 
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
@@ -18,7 +18,7 @@ from vendhub.domain.model import RefundStatus, UnitStatus
 from vendhub.protocol.messages import AckCommand, DispenseResult
 from vendhub.services import alerts, outbox
 from vendhub.services.context import ServiceContext
-from vendhub.services.dispatch import correct_late_drop, settle_unit
+from vendhub.services.dispatch import correct_late_drop, settle_in_flight, settle_unit
 from vendhub.services.outbox import enqueue
 from vendhub.services.rows import first
 
@@ -101,8 +101,21 @@ async def _apply_and_record(
 ) -> ResultOutcome:
     fingerprint = _fingerprint(result)
     if result.command_id:
-        unit = await _by_command(conn, machine_id, result.command_id)
-        outcome = await _apply(ctx, conn, machine_id, unit, result)
+        # The usual result: its unit is in flight, settled in one statement where possible.
+        unit = await settle_in_flight(
+            ctx,
+            conn,
+            machine_id,
+            result.command_id,
+            order_id=result.order_id,
+            slot_number=result.slot,
+            **_settlement(result),
+        )
+        if unit is not None:
+            outcome = ResultOutcome.APPLIED
+        else:
+            unit = await _by_command(conn, machine_id, result.command_id)
+            outcome = await _apply(ctx, conn, machine_id, unit, result)
     else:
         unit, outcome = await _apply_without_command_id(ctx, conn, machine_id, result, fingerprint)
     await conn.execute(
@@ -128,6 +141,24 @@ async def _apply_and_record(
             ctx.clock(),
         )
     return outcome
+
+
+class _Settlement(TypedDict):
+    dropped: bool
+    success: bool | None
+    drop_detected: bool | None
+    duration_ms: int | None
+    error: str | None
+
+
+def _settlement(result: DispenseResult) -> _Settlement:
+    return {
+        "dropped": result.dropped,
+        "success": result.success,
+        "drop_detected": result.drop_detected,
+        "duration_ms": result.duration_ms,
+        "error": None if result.dropped else (result.error or "NO_DROP"),
+    }
 
 
 def _fingerprint(result: DispenseResult) -> str:
@@ -221,16 +252,7 @@ async def _apply(
         return ResultOutcome.UNKNOWN
     status = UnitStatus(unit["status"])
     if status is UnitStatus.IN_FLIGHT:
-        await settle_unit(
-            ctx,
-            conn,
-            unit,
-            dropped=result.dropped,
-            success=result.success,
-            drop_detected=result.drop_detected,
-            duration_ms=result.duration_ms,
-            error=None if result.dropped else (result.error or "NO_DROP"),
-        )
+        await settle_unit(ctx, conn, unit, **_settlement(result))
         return ResultOutcome.APPLIED
     if status is UnitStatus.FAILED and unit["success"] is None and result.dropped:
         return await _late_drop(ctx, conn, machine_id, unit, result)
@@ -278,7 +300,7 @@ async def _late_drop(
         "LATE_RESULT",
         f"unit {unit['id']} of order {unit['order_id']} on machine {machine_id} reported "
         f"dropped after it was given up; {fate}",
-        severity="critical",
+        severity=alerts.Severity.CRITICAL,
         details={
             "order_id": unit["order_id"],
             "command_id": unit["id"],
@@ -307,7 +329,7 @@ async def _conflict(
         "CONFLICTING_RESULT",
         f"machine {machine_id} reported command {unit['id']} of order {unit['order_id']} "
         f"{reported}, but it was already {applied}; the first result stands",
-        severity="critical",
+        severity=alerts.Severity.CRITICAL,
         details={
             "order_id": unit["order_id"],
             "command_id": unit["id"],
@@ -324,7 +346,7 @@ async def _alert(
     machine_id: str,
     kind: str,
     message: str,
-    severity: str = "warning",
+    severity: alerts.Severity = alerts.Severity.WARNING,
     details: dict[str, Any] | None = None,
 ) -> None:
     await alerts.record(
@@ -332,7 +354,7 @@ async def _alert(
         machine_id=machine_id,
         kind=kind,
         message=message,
-        severity=alerts.Severity(severity),
+        severity=severity,
         now=ctx.clock(),
         details=details,
     )

@@ -58,19 +58,19 @@ async def release(
     order_id: str | None = None,
     dispense_id: str | None = None,
 ) -> None:
-    slot = await lock_slot(conn, slot_id)
-    await conn.execute(
+    changed = await conn.execute(
         sa.update(slots)
         .where(slots.c.id == slot_id)
         .values(reserved=slots.c.reserved - quantity, updated_at=now)
     )
+    if changed.rowcount != 1:
+        raise NotFound(f"slot {slot_id} not found")
     # Counted stock does not change; the log shows when availability came back.
-    await _log(
+    await _log_from_slot(
         conn,
-        slot,
+        slot_id,
         ChangeType.RELEASE,
         0,
-        slot["current_stock"],
         now,
         reason,
         order_id=order_id,
@@ -82,8 +82,7 @@ async def consume_reserved_unit(
     conn: AsyncConnection, slot_id: str, now: datetime, *, order_id: str, dispense_id: str
 ) -> None:
     """A unit dropped: stock −1 and its reservation with it, logged once per dispense."""
-    slot = await lock_slot(conn, slot_id)
-    await conn.execute(
+    changed = await conn.execute(
         sa.update(slots)
         .where(slots.c.id == slot_id)
         .values(
@@ -92,16 +91,53 @@ async def consume_reserved_unit(
             updated_at=now,
         )
     )
-    await _log(
+    if changed.rowcount != 1:
+        raise NotFound(f"slot {slot_id} not found")
+    await _log_from_slot(
         conn,
-        slot,
+        slot_id,
         ChangeType.DISPENSE,
         -1,
-        slot["current_stock"] - 1,
         now,
         f"dispensed for order {order_id}",
         order_id=order_id,
         dispense_id=dispense_id,
+    )
+
+
+async def _log_from_slot(
+    conn: AsyncConnection,
+    slot_id: str,
+    change_type: ChangeType,
+    change: int,
+    now: datetime,
+    reason: str | None,
+    *,
+    order_id: str | None,
+    dispense_id: str | None,
+) -> None:
+    """The log row of a change this transaction just made to the slot, its counts read from
+    the (updated, locked) row by the INSERT itself: no separate read."""
+    c = stock_logs.c
+    values: list[tuple[sa.Column[Any], sa.ColumnElement[Any]]] = [
+        (c.machine_id, slots.c.machine_id),
+        (c.slot_id, slots.c.id),
+        (c.slot_number, slots.c.slot_number),
+        (c.product_id, slots.c.product_id),
+        (c.change_type, sa.literal(change_type.value, c.change_type.type)),
+        (c.quantity_change, sa.literal(change, c.quantity_change.type)),
+        (c.stock_before, slots.c.current_stock - change),
+        (c.stock_after, slots.c.current_stock),
+        (c.reason, sa.literal(reason, c.reason.type)),
+        (c.created_at, sa.literal(now, c.created_at.type)),
+        (c.order_id, sa.literal(order_id, c.order_id.type)),
+        (c.dispense_id, sa.literal(dispense_id, c.dispense_id.type)),
+    ]
+    await conn.execute(
+        sa.insert(stock_logs).from_select(
+            [col for col, _ in values],
+            sa.select(*(v for _, v in values)).where(slots.c.id == slot_id),
+        )
     )
 
 

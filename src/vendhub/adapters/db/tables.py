@@ -233,6 +233,8 @@ outbox = sa.Table(
     sa.Column("last_error", sa.Text),
     _now_col(),
     sa.Index(None, "published_at", "id"),
+    # A settled unit closes its unsent commands by this key (migration 0010).
+    sa.Index(None, "dispense_id"),
     # A publisher's lease on an unpublished row (migration 0003).
     sa.Column("claimed_until", UTCDateTime()),
 )
