@@ -32,10 +32,20 @@ MQTT_PORT = int(os.environ.get("VENDHUB_TEST_MQTT_PORT", "1883"))
 BACKENDS = ("sqlite", "postgresql", "mysql")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now and not handed out before in this run: the kernel may give the same
+    ephemeral port to two binds in a row once the first socket is closed (two servers of
+    one test then collided)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def unique(prefix: str = "t") -> str:
