@@ -21,6 +21,7 @@ from vendhub.adapters.db.tables import machine_events, machines, outbox, stock_l
 from vendhub.bootstrap import Container, build
 from vendhub.config import Settings
 from vendhub.protocol.messages import InvalidPayload, parse_status, parse_telemetry
+from vendhub.protocol.topics import InvalidTopic, parse_topic
 from vendhub.services.demo import seed_demo
 from vendhub.services.orders import get_order
 
@@ -219,6 +220,10 @@ async def test_malformed_payloads_are_dropped_counted_and_the_consumer_keeps_goi
             dropped
         )
         assert f"dropped invalid payload on VM01/status: {status_error.value}" in dropped
+        bad_topic = f"{prefix}/bad.id/telemetry"
+        with pytest.raises(InvalidTopic) as topic_error:
+            parse_topic(prefix, bad_topic)
+        assert f"dropped message on {bad_topic}: {topic_error.value}" in dropped
 
 
 async def test_telemetry_is_stored_with_any_temperature_name_and_sensed_levels_leave_stock_alone(
