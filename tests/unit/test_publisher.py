@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import cast
+
+import pytest
 
 from vendhub.adapters.mqtt.client import MqttClient
 from vendhub.metrics import Metrics
@@ -43,3 +46,49 @@ async def test_each_row_is_published_with_its_qos_and_retain_flag_and_counted_by
         for kind in ("config", "dispense")
     }
     assert counted == {"config": 1.0, "dispense": 1.0}
+
+
+class FailingMqtt(RecordingMqtt):
+    """The broker takes every row except those whose payload names an error."""
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        if payload == b"long":
+            raise ValueError("x" * 400 + "\nsecond line")
+        if payload == b"blank":
+            raise RuntimeError()
+        await super().publish(topic, payload, qos, retain)
+
+
+class Failures:
+    def __init__(self) -> None:
+        self.rows: list[str] = []
+
+    def row_failed(self, what: str) -> None:
+        self.rows.append(what)
+
+
+async def test_a_row_that_fails_is_counted_and_logged_and_the_rest_of_the_batch_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def command(item_id: int, payload: bytes) -> OutboxItem:
+        return OutboxItem(
+            item_id, OutboxKind.DISPENSE, "VM01", "p/VM01/command", payload, 1, False, None
+        )
+
+    long, blank, good = command(3, b"long"), command(4, b"blank"), command(5, b"good")
+    failures = Failures()
+    publisher = OutboxPublisher(
+        cast(ServiceContext, failures), cast(MqttClient, FailingMqtt()), Metrics()
+    )
+    caplog.set_level(logging.ERROR, logger="vendhub.workers.publisher")
+
+    sent, complete = await publisher._publish_batch([long, blank, good])
+
+    assert (sent, complete) == ([good], True)
+    assert failures.rows == ["outbox", "outbox"]
+    lease = "outbox pass: row {} to p/VM01/command failed, will retry after its lease: {}"
+    # The first line of the error only, at most 300 characters.
+    assert [r.getMessage() for r in caplog.records] == [
+        lease.format(3, "ValueError: " + "x" * 300),
+        lease.format(4, "RuntimeError: "),
+    ]
