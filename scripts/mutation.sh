@@ -25,7 +25,8 @@
 #                       selected test must pass in mutmut's first, instrumented run; these are
 #                       timing-sensitive under a niced, traced run and only cost time.
 #   MUTATION_MUTANTS    mutant name globs to (re)check, e.g. 'vendhub.workers.*'; default:
-#                       every mutant not checked yet.
+#                       every mutant not checked yet. MUTATION_MUTANTS_FILE: the same, one
+#                       name or glob per line (for long lists).
 #   MUTATION_FRESH=1    throw away earlier results; otherwise results of mutants already
 #                       checked are kept (mutmut re-checks a function only when it changed), so
 #                       a run can be stopped (kill its process group) and resumed.
@@ -105,6 +106,9 @@ pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-q", "--t
 EOF
 cd "$work"
 read -r -a mutants <<<"${MUTATION_MUTANTS:-}"
+if [ -n "${MUTATION_MUTANTS_FILE:-}" ]; then
+  while read -r name; do [ -z "$name" ] || mutants+=("$name"); done <"$MUTATION_MUTANTS_FILE"
+fi
 nice -n 19 "$root/.venv/bin/mutmut" run --max-children "${MUTATION_CHILDREN:-1}" "${mutants[@]}" || true
 # Score: killed (or timed out) / mutants that ran; survivors listed for review.
 "$root/.venv/bin/mutmut" results --all true 2>/dev/null | awk \
