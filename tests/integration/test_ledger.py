@@ -378,3 +378,17 @@ async def test_a_held_refund_is_not_released_beyond_what_is_left_of_the_payment(
     view = await shop.view(order_id)
     assert (view["refund_held"], view["refunded_amount"]) == (COCA_COLA, 3000)
     assert await shop.pay_refunds() == 0
+
+
+async def test_releasing_or_cancelling_one_held_refund_leaves_the_others_held(
+    shop: Shop,
+) -> None:
+    held = [await held_refund(shop) for _ in range(3)]
+    (_, first), (_, second), _ = held
+    response = await shop.client.post(f"/api/refunds/{first['id']}/release", headers=shop.admin)
+    assert response.json()["refund"]["status"] == "SUCCEEDED"
+    response = await shop.client.post(f"/api/refunds/{second['id']}/cancel", headers=shop.admin)
+    assert response.json()["refund"]["status"] == "CANCELLED"
+    statuses = [(await shop.view(order_id))["refunds"][0]["status"] for order_id, _ in held]
+    assert statuses == ["SUCCEEDED", "CANCELLED", "HELD"]
+    assert await shop.pay_refunds() == 0
