@@ -361,22 +361,24 @@ async def test_a_late_drop_after_the_refund_was_paid_is_alerted_and_moves_stock(
     assert (await slot_row(shop.ctx, 1))["current_stock"] == 4
 
 
+@pytest.mark.parametrize(("back", "left"), [(3000, 5000), (COCA_COLA, 0)], ids=["part", "all"])
 async def test_a_held_refund_is_not_released_beyond_what_is_left_of_the_payment(
-    shop: Shop,
+    shop: Shop, back: int, left: int
 ) -> None:
     order_id, refund = await held_refund(shop)
-    # Meanwhile part of the payment went back from the Midtrans dashboard.
-    body = {"refunds": dashboard_refund(3000), "refund_amount": "3000.00"}
-    assert await shop.notify(order_id, "partial_refund", **body) == "refund_confirmed"
+    # Meanwhile part or all of the payment went back from the Midtrans dashboard.
+    body = {"refunds": dashboard_refund(back), "refund_amount": f"{back}.00"}
+    status = "partial_refund" if back < COCA_COLA else "refund"
+    assert await shop.notify(order_id, status, **body) == "refund_confirmed"
     response = await shop.client.post(f"/api/refunds/{refund['id']}/release", headers=shop.admin)
-    # Paid 8000, 3000 already back: releasing 8000 more would pay out more than was paid.
+    # Releasing 8000 more would pay out more than was paid.
     assert response.status_code == 409
     assert response.json() == {
         "error": "conflict",
-        "message": f"refund {refund['id']}: only Rp 5000 left of what was paid",
+        "message": f"refund {refund['id']}: only Rp {left} left of what was paid",
     }
     view = await shop.view(order_id)
-    assert (view["refund_held"], view["refunded_amount"]) == (COCA_COLA, 3000)
+    assert (view["refund_held"], view["refunded_amount"]) == (COCA_COLA, back)
     assert await shop.pay_refunds() == 0
 
 
