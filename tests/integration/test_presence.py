@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import sqlalchemy as sa
 
@@ -102,3 +104,36 @@ async def test_a_machine_silent_for_three_telemetry_intervals_is_marked_offline(
     # Already offline: nothing more is recorded.
     clock.advance(600)
     assert await fleet.mark_silent_machines_offline(ctx) == []
+
+
+async def test_a_machine_heard_from_after_going_offline_is_online_again_with_a_sync(
+    ctx: ServiceContext, clock: FakeClock
+) -> None:
+    await quick_shop(ctx)
+    await _set_status(ctx, "ONLINE")
+    # Not offline: nothing to do.
+    assert await fleet.back_online(ctx, "VM01", clock()) is False
+    clock.advance(5)
+    went_offline = clock()
+    async with ctx.engine.begin() as conn:
+        await conn.execute(sa.update(machines).values(status="OFFLINE", updated_at=went_offline))
+    # Heard from before it went offline: that message does not bring it back.
+    assert await fleet.back_online(ctx, "VM01", went_offline - timedelta(seconds=1)) is False
+    assert await rows(ctx, machine_events) == []
+    assert await outbox_rows(ctx, "sync") == []
+    clock.advance(1)
+    assert await fleet.back_online(ctx, "VM01", went_offline) is True
+    [machine] = await rows(ctx, machines)
+    assert (machine["status"], machine["updated_at"]) == ("ONLINE", clock())
+    [event] = await rows(ctx, machine_events)
+    assert (event["event_type"], event["status"], event["severity"], event["message"]) == (
+        "STATUS",
+        "ONLINE",
+        "info",
+        "machine VM01 is ONLINE (heard from again)",
+    )
+    [sync] = await outbox_rows(ctx, "sync")
+    assert (sync["topic"], sync["body"]) == (
+        f"{ctx.tunables.topic_prefix}/VM01/command",
+        {"cmd": "sync"},
+    )
