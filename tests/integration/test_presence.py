@@ -98,9 +98,14 @@ async def test_a_machine_silent_for_three_telemetry_intervals_is_marked_offline(
     clock.advance(2)
     assert await fleet.mark_silent_machines_offline(ctx) == ["VM01"]
     [machine] = await rows(ctx, machines)
-    assert machine["status"] == "OFFLINE"
+    assert (machine["status"], machine["updated_at"]) == ("OFFLINE", clock())
     [event] = await rows(ctx, machine_events)
-    assert (event["event_type"], event["status"]) == ("STATUS", "OFFLINE")
+    assert (event["event_type"], event["status"], event["severity"], event["message"]) == (
+        "STATUS",
+        "OFFLINE",
+        "warning",
+        "machine VM01 is OFFLINE (silent for 3 telemetry intervals)",
+    )
     # Already offline: nothing more is recorded.
     clock.advance(600)
     assert await fleet.mark_silent_machines_offline(ctx) == []
@@ -137,3 +142,24 @@ async def test_a_machine_heard_from_after_going_offline_is_online_again_with_a_s
         f"{ctx.tunables.topic_prefix}/VM01/command",
         {"cmd": "sync"},
     )
+
+
+@pytest.mark.parametrize("meanwhile", ["heard-from", "maintenance"])
+async def test_a_machine_heard_from_or_set_aside_after_the_scan_is_not_marked_offline(
+    ctx: ServiceContext, clock: FakeClock, meanwhile: str
+) -> None:
+    await quick_shop(ctx)
+    await _set_status(ctx, "ONLINE")
+    [scanned] = await rows(ctx, machines)
+    clock.advance(1)
+    # Between the silence scan and the update: a message, or an operator's status (which is
+    # no sign of life: last_seen_at stays).
+    if meanwhile == "heard-from":
+        await _set_status(ctx, "ONLINE")
+    else:
+        async with ctx.engine.begin() as conn:
+            await conn.execute(sa.update(machines).values(status="MAINTENANCE"))
+    [before] = await rows(ctx, machines)
+    assert await fleet._mark_offline(ctx, "VM01", scanned["last_seen_at"]) is False
+    assert await rows(ctx, machines) == [before]
+    assert await rows(ctx, machine_events) == []
