@@ -28,6 +28,7 @@ from vendhub.bootstrap import Container
 from vendhub.services import commands
 from vendhub.services import refunds as refund_service
 from vendhub.services.context import ServiceContext
+from vendhub.services.errors import Conflict
 from vendhub.services.orders import expire_due_orders
 
 pytestmark = pytest.mark.integration
@@ -394,3 +395,41 @@ async def test_releasing_or_cancelling_one_held_refund_leaves_the_others_held(
     statuses = [(await shop.view(order_id))["refunds"][0]["status"] for order_id, _ in held]
     assert statuses == ["SUCCEEDED", "CANCELLED", "HELD"]
     assert await shop.pay_refunds() == 0
+
+
+# --- an operator's "retry now" of a refund the gateway kept refusing ------------------------
+
+
+async def failed_refund(shop: Shop) -> tuple[str, str]:
+    order_id = await shop.order()
+    assert await shop.notify(order_id, "settlement") == "paid"
+    await report(shop.ctx, await last_command(shop.ctx), dropped=False, error="JAM")
+    [refund] = (await shop.view(order_id))["refunds"]
+    # As if the gateway had refused it REFUND_MAX_ATTEMPTS times.
+    async with shop.ctx.engine.begin() as conn:
+        await conn.execute(
+            sa.update(refunds)
+            .where(refunds.c.id == refund["id"])
+            .values(status="FAILED", attempts=5, next_attempt_at=None)
+        )
+    return order_id, refund["id"]
+
+
+async def test_retry_now_retries_only_its_refund_and_only_what_is_still_owed(
+    shop: Shop,
+) -> None:
+    (first_order, first), (second_order, second) = [await failed_refund(shop) for _ in "12"]
+    c = shop.container
+    assert await refund_service.retry_now(c.ctx, c.payments, c.payment_policy, first) is True
+    statuses = [(await shop.view(o))["refunds"][0]["status"] for o in (first_order, second_order)]
+    assert statuses == ["SUCCEEDED", "FAILED"]
+    # The second order's money went back from the Midtrans dashboard meanwhile.
+    body = {"refunds": dashboard_refund(3000), "refund_amount": "3000.00"}
+    assert await shop.notify(second_order, "partial_refund", **body) == "refund_confirmed"
+    message = f"refund {second}: only Rp {COCA_COLA - 3000} is still owed on its order"
+    with pytest.raises(Conflict) as refused:
+        await refund_service.retry_now(c.ctx, c.payments, c.payment_policy, second)
+    assert str(refused.value) == message
+    view = await shop.view(second_order)
+    assert view["refunded_amount"] == 3000
+    assert [r["status"] for r in view["refunds"] if r["id"] == second] == ["FAILED"]
