@@ -163,3 +163,40 @@ async def test_a_machine_heard_from_or_set_aside_after_the_scan_is_not_marked_of
     assert await fleet._mark_offline(ctx, "VM01", scanned["last_seen_at"]) is False
     assert await rows(ctx, machines) == [before]
     assert await rows(ctx, machine_events) == []
+
+
+async def test_a_devices_status_changes_are_recorded_as_events_with_what_it_sent(
+    ctx: ServiceContext, clock: FakeClock
+) -> None:
+    await quick_shop(ctx)
+    assert (
+        await fleet.apply_status(ctx, "nope", StatusMessage.model_validate({"status": "ONLINE"}))
+        is False
+    )
+    sent = [
+        {"status": "ONLINE", "fw": "1.2.0", "bootId": "b1"},
+        {"status": "ONLINE", "bootId": "b1"},  # nothing new: no event
+        {"status": "MAINTENANCE", "door": "open"},
+    ]
+    for body in sent:
+        await fleet.apply_status(ctx, "VM01", StatusMessage.model_validate(body))
+        clock.advance(1)
+    events = await rows(ctx, machine_events)
+    assert [
+        (e["event_type"], e["status"], e["severity"], e["message"], e["details"]) for e in events
+    ] == [
+        (
+            "STATUS",
+            "ONLINE",
+            "info",
+            "machine VM01 is ONLINE (boot b1)",
+            {"status": "ONLINE", "fw": "1.2.0", "rssi": None, "door": None, "bootId": "b1"},
+        ),
+        (
+            "STATUS",
+            "MAINTENANCE",
+            "warning",
+            "machine VM01 is MAINTENANCE",
+            {"status": "MAINTENANCE", "fw": None, "rssi": None, "door": "open", "bootId": None},
+        ),
+    ]
