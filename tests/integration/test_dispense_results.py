@@ -294,16 +294,24 @@ async def test_drop_reported_after_give_up_counts_as_sold_holds_the_refund_and_m
 # --- conflicting results, copies without commandId, zero prices ----------------------------
 
 
-@pytest.mark.parametrize("first_dropped", [True, False], ids=["drop-then-jam", "jam-then-drop"])
+@pytest.mark.parametrize(
+    ("first_dropped", "error", "applied", "reported"),
+    [
+        (True, "JAM", "dropped", "failed (JAM)"),
+        (False, "JAM", "failed", "dropped"),
+        (True, None, "dropped", "failed (NO_DROP)"),
+    ],
+    ids=["drop-then-jam", "jam-then-drop", "drop-then-no-drop"],
+)
 async def test_opposite_results_for_one_command_raise_a_critical_alert(
-    stocked: ServiceContext, first_dropped: bool
+    stocked: ServiceContext, first_dropped: bool, error: str | None, applied: str, reported: str
 ) -> None:
     ctx = stocked
     order_id = await paid_order(ctx)
     [command] = await commands(ctx)
-    assert await report(ctx, command, dropped=first_dropped, error="JAM") == "APPLIED"
+    assert await report(ctx, command, dropped=first_dropped, error=error) == "APPLIED"
     before = await get_order(ctx, order_id)
-    assert await report(ctx, command, dropped=not first_dropped, error="JAM") == "CONFLICT"
+    assert await report(ctx, command, dropped=not first_dropped, error=error) == "CONFLICT"
     # A jam applied first also left its (warning) VEND_FAILED alert; one critical alert.
     [alert] = await rows(ctx, machine_events, machine_events.c.severity == "critical")
     assert (alert["event_type"], alert["severity"], alert["machine_id"]) == (
@@ -311,14 +319,22 @@ async def test_opposite_results_for_one_command_raise_a_critical_alert(
         "critical",
         "VM01",
     )
-    assert command["commandId"] in alert["message"] and order_id in alert["message"]
-    assert alert["details"]["command_id"] == command["commandId"]
+    assert alert["message"] == (
+        f"machine VM01 reported command {command['commandId']} of order {order_id} "
+        f"{reported}, but it was already {applied}; the first result stands"
+    )
+    assert alert["details"] == {
+        "order_id": order_id,
+        "command_id": command["commandId"],
+        "applied": applied,
+        "reported": reported,
+    }
     # The first result stands: nothing else moves.
     after = await get_order(ctx, order_id)
     assert (after["status"], after["refunds"]) == (before["status"], before["refunds"])
     assert [u["status"] for u in after["dispenses"]] == [u["status"] for u in before["dispenses"]]
     # A repeat of the first result is a plain duplicate.
-    assert await report(ctx, command, dropped=first_dropped, error="JAM") == "DUPLICATE"
+    assert await report(ctx, command, dropped=first_dropped, error=error) == "DUPLICATE"
 
 
 async def test_a_result_without_command_id_sooner_than_its_own_duration_is_a_copy(

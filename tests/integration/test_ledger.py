@@ -28,6 +28,7 @@ from vendhub.bootstrap import Container
 from vendhub.services import commands
 from vendhub.services import refunds as refund_service
 from vendhub.services.context import ServiceContext
+from vendhub.services.errors import Conflict
 from vendhub.services.orders import expire_due_orders
 
 pytestmark = pytest.mark.integration
@@ -359,3 +360,76 @@ async def test_a_late_drop_after_the_refund_was_paid_is_alerted_and_moves_stock(
     [alert] = await rows(shop.ctx, machine_events, machine_events.c.severity == "critical")
     assert alert["severity"] == "critical" and "already paid" in alert["message"]
     assert (await slot_row(shop.ctx, 1))["current_stock"] == 4
+
+
+@pytest.mark.parametrize(("back", "left"), [(3000, 5000), (COCA_COLA, 0)], ids=["part", "all"])
+async def test_a_held_refund_is_not_released_beyond_what_is_left_of_the_payment(
+    shop: Shop, back: int, left: int
+) -> None:
+    order_id, refund = await held_refund(shop)
+    # Meanwhile part or all of the payment went back from the Midtrans dashboard.
+    body = {"refunds": dashboard_refund(back), "refund_amount": f"{back}.00"}
+    status = "partial_refund" if back < COCA_COLA else "refund"
+    assert await shop.notify(order_id, status, **body) == "refund_confirmed"
+    response = await shop.client.post(f"/api/refunds/{refund['id']}/release", headers=shop.admin)
+    # Releasing 8000 more would pay out more than was paid.
+    assert response.status_code == 409
+    assert response.json() == {
+        "error": "conflict",
+        "message": f"refund {refund['id']}: only Rp {left} left of what was paid",
+    }
+    view = await shop.view(order_id)
+    assert (view["refund_held"], view["refunded_amount"]) == (COCA_COLA, back)
+    assert await shop.pay_refunds() == 0
+
+
+async def test_releasing_or_cancelling_one_held_refund_leaves_the_others_held(
+    shop: Shop,
+) -> None:
+    held = [await held_refund(shop) for _ in range(3)]
+    (_, first), (_, second), _ = held
+    response = await shop.client.post(f"/api/refunds/{first['id']}/release", headers=shop.admin)
+    assert response.json()["refund"]["status"] == "SUCCEEDED"
+    response = await shop.client.post(f"/api/refunds/{second['id']}/cancel", headers=shop.admin)
+    assert response.json()["refund"]["status"] == "CANCELLED"
+    statuses = [(await shop.view(order_id))["refunds"][0]["status"] for order_id, _ in held]
+    assert statuses == ["SUCCEEDED", "CANCELLED", "HELD"]
+    assert await shop.pay_refunds() == 0
+
+
+# --- an operator's "retry now" of a refund the gateway kept refusing ------------------------
+
+
+async def failed_refund(shop: Shop) -> tuple[str, str]:
+    order_id = await shop.order()
+    assert await shop.notify(order_id, "settlement") == "paid"
+    await report(shop.ctx, await last_command(shop.ctx), dropped=False, error="JAM")
+    [refund] = (await shop.view(order_id))["refunds"]
+    # As if the gateway had refused it REFUND_MAX_ATTEMPTS times.
+    async with shop.ctx.engine.begin() as conn:
+        await conn.execute(
+            sa.update(refunds)
+            .where(refunds.c.id == refund["id"])
+            .values(status="FAILED", attempts=5, next_attempt_at=None)
+        )
+    return order_id, refund["id"]
+
+
+async def test_retry_now_retries_only_its_refund_and_only_what_is_still_owed(
+    shop: Shop,
+) -> None:
+    (first_order, first), (second_order, second) = [await failed_refund(shop) for _ in "12"]
+    c = shop.container
+    assert await refund_service.retry_now(c.ctx, c.payments, c.payment_policy, first) is True
+    statuses = [(await shop.view(o))["refunds"][0]["status"] for o in (first_order, second_order)]
+    assert statuses == ["SUCCEEDED", "FAILED"]
+    # The second order's money went back from the Midtrans dashboard meanwhile.
+    body = {"refunds": dashboard_refund(3000), "refund_amount": "3000.00"}
+    assert await shop.notify(second_order, "partial_refund", **body) == "refund_confirmed"
+    message = f"refund {second}: only Rp {COCA_COLA - 3000} is still owed on its order"
+    with pytest.raises(Conflict) as refused:
+        await refund_service.retry_now(c.ctx, c.payments, c.payment_policy, second)
+    assert str(refused.value) == message
+    view = await shop.view(second_order)
+    assert view["refunded_amount"] == 3000
+    assert [r["status"] for r in view["refunds"] if r["id"] == second] == ["FAILED"]

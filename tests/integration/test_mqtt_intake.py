@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +20,8 @@ from tests.integration.helpers import order, pay, slot_row
 from vendhub.adapters.db.tables import machine_events, machines, outbox, stock_logs, telemetry
 from vendhub.bootstrap import Container, build
 from vendhub.config import Settings
+from vendhub.protocol.messages import InvalidPayload, parse_status, parse_telemetry
+from vendhub.protocol.topics import InvalidTopic, parse_topic
 from vendhub.services.demo import seed_demo
 from vendhub.services.orders import get_order
 
@@ -134,9 +137,13 @@ async def fetch(engine: AsyncEngine, stmt: sa.Select[Any]) -> list[dict[str, Any
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 async def test_malformed_payloads_are_dropped_counted_and_the_consumer_keeps_going(
-    engine: AsyncEngine, database_urls: dict[str, str], backend: str
+    engine: AsyncEngine,
+    database_urls: dict[str, str],
+    backend: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     prefix = unique("t")
+    caplog.set_level(logging.WARNING, logger="vendhub.workers.intake")
     async with running(database_urls[backend], prefix) as container, device(prefix) as dev:
         ctx = container.ctx
         order_id = await order(ctx, slot=1)
@@ -203,6 +210,20 @@ async def test_malformed_payloads_are_dropped_counted_and_the_consumer_keeps_goi
         [machine] = await fetch(container.engine, sa.select(machines))
         assert machine["status"] != "SLEEPING"
         assert await fetch(container.engine, sa.select(machine_events)) == []
+        # Each drop is logged with where it came from and why, for the operator.
+        dropped = [r.getMessage() for r in caplog.records if r.name == "vendhub.workers.intake"]
+        with pytest.raises(InvalidPayload) as telemetry_error:
+            parse_telemetry(b"{")
+        with pytest.raises(InvalidPayload) as status_error:
+            parse_status(b"nope")
+        assert f"dropped invalid payload on {prefix}/VM01/telemetry: {telemetry_error.value}" in (
+            dropped
+        )
+        assert f"dropped invalid payload on VM01/status: {status_error.value}" in dropped
+        bad_topic = f"{prefix}/bad.id/telemetry"
+        with pytest.raises(InvalidTopic) as topic_error:
+            parse_topic(prefix, bad_topic)
+        assert f"dropped message on {bad_topic}: {topic_error.value}" in dropped
 
 
 async def test_telemetry_is_stored_with_any_temperature_name_and_sensed_levels_leave_stock_alone(

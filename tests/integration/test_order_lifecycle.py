@@ -153,10 +153,13 @@ async def test_silent_command_is_retransmitted_with_the_same_command_id(
     assert await commands.retransmit_due(ctx) == 1
     assert await commands.retransmit_due(ctx) == 0  # one copy per wait, not one per tick
     original, again = await outbox_rows(ctx, "dispense")
-    assert again["body"] == first["body"]
+    assert (again["body"], again["topic"]) == (first["body"], first["topic"])
     assert again["published_at"] is None and original["published_at"] is not None
     [unit] = await rows(ctx, dispenses)
     assert unit["attempts"] == 1 and unit["id"] == first["body"]["commandId"]
+    # The unit is re-checked under its lock: a copy already waiting is not queued again.
+    assert await commands._retransmit(ctx, unit["id"], clock()) is False
+    assert len(await outbox_rows(ctx, "dispense")) == 2
 
 
 async def test_retransmission_stops_at_max_attempts(

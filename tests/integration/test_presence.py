@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import sqlalchemy as sa
 
@@ -96,9 +98,105 @@ async def test_a_machine_silent_for_three_telemetry_intervals_is_marked_offline(
     clock.advance(2)
     assert await fleet.mark_silent_machines_offline(ctx) == ["VM01"]
     [machine] = await rows(ctx, machines)
-    assert machine["status"] == "OFFLINE"
+    assert (machine["status"], machine["updated_at"]) == ("OFFLINE", clock())
     [event] = await rows(ctx, machine_events)
-    assert (event["event_type"], event["status"]) == ("STATUS", "OFFLINE")
+    assert (event["event_type"], event["status"], event["severity"], event["message"]) == (
+        "STATUS",
+        "OFFLINE",
+        "warning",
+        "machine VM01 is OFFLINE (silent for 3 telemetry intervals)",
+    )
     # Already offline: nothing more is recorded.
     clock.advance(600)
     assert await fleet.mark_silent_machines_offline(ctx) == []
+
+
+async def test_a_machine_heard_from_after_going_offline_is_online_again_with_a_sync(
+    ctx: ServiceContext, clock: FakeClock
+) -> None:
+    await quick_shop(ctx)
+    await _set_status(ctx, "ONLINE")
+    # Not offline: nothing to do.
+    assert await fleet.back_online(ctx, "VM01", clock()) is False
+    clock.advance(5)
+    went_offline = clock()
+    async with ctx.engine.begin() as conn:
+        await conn.execute(sa.update(machines).values(status="OFFLINE", updated_at=went_offline))
+    # Heard from before it went offline: that message does not bring it back.
+    assert await fleet.back_online(ctx, "VM01", went_offline - timedelta(seconds=1)) is False
+    assert await rows(ctx, machine_events) == []
+    assert await outbox_rows(ctx, "sync") == []
+    clock.advance(1)
+    assert await fleet.back_online(ctx, "VM01", went_offline) is True
+    [machine] = await rows(ctx, machines)
+    assert (machine["status"], machine["updated_at"]) == ("ONLINE", clock())
+    [event] = await rows(ctx, machine_events)
+    assert (event["event_type"], event["status"], event["severity"], event["message"]) == (
+        "STATUS",
+        "ONLINE",
+        "info",
+        "machine VM01 is ONLINE (heard from again)",
+    )
+    [sync] = await outbox_rows(ctx, "sync")
+    assert (sync["topic"], sync["body"]) == (
+        f"{ctx.tunables.topic_prefix}/VM01/command",
+        {"cmd": "sync"},
+    )
+
+
+@pytest.mark.parametrize("meanwhile", ["heard-from", "maintenance"])
+async def test_a_machine_heard_from_or_set_aside_after_the_scan_is_not_marked_offline(
+    ctx: ServiceContext, clock: FakeClock, meanwhile: str
+) -> None:
+    await quick_shop(ctx)
+    await _set_status(ctx, "ONLINE")
+    [scanned] = await rows(ctx, machines)
+    clock.advance(1)
+    # Between the silence scan and the update: a message, or an operator's status (which is
+    # no sign of life: last_seen_at stays).
+    if meanwhile == "heard-from":
+        await _set_status(ctx, "ONLINE")
+    else:
+        async with ctx.engine.begin() as conn:
+            await conn.execute(sa.update(machines).values(status="MAINTENANCE"))
+    [before] = await rows(ctx, machines)
+    assert await fleet._mark_offline(ctx, "VM01", scanned["last_seen_at"]) is False
+    assert await rows(ctx, machines) == [before]
+    assert await rows(ctx, machine_events) == []
+
+
+async def test_a_devices_status_changes_are_recorded_as_events_with_what_it_sent(
+    ctx: ServiceContext, clock: FakeClock
+) -> None:
+    await quick_shop(ctx)
+    assert (
+        await fleet.apply_status(ctx, "nope", StatusMessage.model_validate({"status": "ONLINE"}))
+        is False
+    )
+    sent = [
+        {"status": "ONLINE", "fw": "1.2.0", "bootId": "b1"},
+        {"status": "ONLINE", "bootId": "b1"},  # nothing new: no event
+        {"status": "MAINTENANCE", "door": "open"},
+    ]
+    for body in sent:
+        await fleet.apply_status(ctx, "VM01", StatusMessage.model_validate(body))
+        clock.advance(1)
+    events = await rows(ctx, machine_events)
+    assert [
+        (e["event_type"], e["status"], e["severity"], e["message"], e["details"]) for e in events
+    ] == [
+        (
+            "STATUS",
+            "ONLINE",
+            "info",
+            "machine VM01 is ONLINE (boot b1)",
+            {"status": "ONLINE", "fw": "1.2.0", "rssi": None, "door": None, "bootId": "b1"},
+        ),
+        (
+            "STATUS",
+            "MAINTENANCE",
+            "warning",
+            "machine VM01 is MAINTENANCE",
+            {"status": "MAINTENANCE", "fw": None, "rssi": None, "door": "open", "bootId": None},
+        ),
+    ]

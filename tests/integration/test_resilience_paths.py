@@ -4,6 +4,7 @@ production, a restart resuming queued units, every migration's downgrade."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,6 +131,7 @@ async def test_the_outbox_publisher_and_the_intake_outlive_errors_over_the_broke
     database_urls: dict[str, str],
     backend: str,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from vendhub.services import commands as command_service
     from vendhub.services import fleet
@@ -162,6 +164,14 @@ async def test_the_outbox_publisher_and_the_intake_outlive_errors_over_the_broke
         command = await dev.next_command("dispense")
         assert command["orderId"] == order_id
         assert len(pending_calls) >= 2
+    # Both failures are logged with what failed and the exception, for the operator.
+    errors = [
+        (r.name, r.getMessage(), r.exc_info is not None)
+        for r in caplog.records
+        if r.levelno >= logging.ERROR
+    ]
+    assert ("vendhub.workers.intake", "failed to apply status from VM01", True) in errors
+    assert ("vendhub.workers.publisher", "outbox pass failed; retrying", True) in errors
 
 
 def failing_first_returning(
