@@ -87,6 +87,14 @@ class UnitStatus(StrEnum):
     FAILED = "FAILED"  # any other outcome, or given up
 
 
+class UnitFailure(StrEnum):
+    """Why the backend failed a unit itself (a device's own codes are protocol ResultError)."""
+
+    NO_RESULT = "NO_RESULT"  # sent, no result by expiresAt + timeoutMs + grace
+    EXPIRED = "EXPIRED"  # never sent before its expiresAt (machine away)
+    UNSPECIFIED = "FAILED"  # a failed result that carried no error code
+
+
 UNIT_TRANSITIONS: dict[UnitStatus, frozenset[UnitStatus]] = {
     UnitStatus.QUEUED: frozenset({UnitStatus.IN_FLIGHT, UnitStatus.FAILED}),
     UnitStatus.IN_FLIGHT: frozenset({UnitStatus.DROPPED, UnitStatus.FAILED}),

@@ -11,7 +11,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vendhub.adapters.db.tables import dispenses, outbox
-from vendhub.domain.model import UnitStatus
+from vendhub.domain.model import UnitFailure, UnitStatus
 from vendhub.protocol.messages import DispenseCommand
 from vendhub.services.context import ServiceContext
 from vendhub.services.dispatch import commands_out, dispatch_next, settle_unit
@@ -308,7 +308,7 @@ async def _give_up(ctx: ServiceContext, unit_id: str, expected_status: str) -> i
         )
         if unit is None or unit["status"] != expected_status:
             return 0
-        error = "NO_RESULT" if unit["attempts"] > 0 else "EXPIRED"
+        error = (UnitFailure.NO_RESULT if unit["attempts"] > 0 else UnitFailure.EXPIRED).value
         await settle_unit(
             ctx,
             conn,

@@ -16,6 +16,7 @@ from vendhub.adapters.db.tables import dispenses, machines, order_items, orders,
 from vendhub.domain.model import (
     LATE_DROP_ORDER_CORRECTION,
     OrderStatus,
+    UnitFailure,
     UnitStatus,
     check_late_drop,
     check_late_payment_revival,
@@ -473,7 +474,7 @@ async def _after_settling(
             dispense_id=unit["id"],
             reason=f"unit of order {unit['order_id']} failed ({error or 'unknown'})",
         )
-        await refunds.owe_unit_refund(conn, unit, error or "FAILED", now)
+        await refunds.owe_unit_refund(conn, unit, error or UnitFailure.UNSPECIFIED.value, now)
         await alerts.record(
             conn,
             machine_id=unit["machine_id"],

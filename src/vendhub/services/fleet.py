@@ -236,16 +236,16 @@ async def apply_status(ctx: ServiceContext, machine_id: str, message: StatusMess
                     machine_id=machine_id,
                     event_type="STATUS",
                     status=message.status.value,
-                    severity="info" if message.status.value == "ONLINE" else "warning",
+                    severity="info" if message.status is PresenceStatus.ONLINE else "warning",
                     message=text,
                     details=message.model_dump(mode="json", by_alias=True),
                     created_at=now,
                 )
             )
-        sync = message.status.value == "ONLINE" and (changed or rebooted)
+        sync = message.status is PresenceStatus.ONLINE and (changed or rebooted)
         if sync:
             await enqueue(conn, ctx.tunables.topic_prefix, machine_id, SyncCommand(), now)
-        if message.status.value == "ONLINE":
+        if message.status is PresenceStatus.ONLINE:
             # Units that waited for this machine go out now (no-op if one is in flight).
             sync = await dispatch_next(ctx, conn, machine_id) or sync
     if sync:
@@ -261,7 +261,10 @@ async def mark_silent_machines_offline(ctx: ServiceContext) -> list[str]:
             await conn.execute(
                 sa.select(
                     machines.c.id, machines.c.last_seen_at, machines.c.telemetry_interval_s
-                ).where(machines.c.status == "ONLINE", machines.c.last_seen_at.is_not(None))
+                ).where(
+                    machines.c.status == PresenceStatus.ONLINE.value,
+                    machines.c.last_seen_at.is_not(None),
+                )
             )
         ).all()
     silent = [
