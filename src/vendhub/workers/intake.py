@@ -247,7 +247,7 @@ class Intake:
             try:
                 reading, raw = parse_telemetry(payload)
             except InvalidPayload as exc:
-                self._invalid(f"{machine_id}/telemetry", TopicKind.TELEMETRY, exc)
+                self._invalid(topic.decode(), TopicKind.TELEMETRY, exc)
                 continue
             readings.append(TelemetryReading(machine_id, at, reading, raw, payload))
         return readings
