@@ -260,7 +260,9 @@ class Intake:
                 raise InvalidTopic(f"{parsed.kind.value} on the telemetry stream")
         except (UnicodeDecodeError, InvalidTopic) as exc:
             self.metrics.invalid_payloads.labels("topic").inc()
-            log.warning("dropped telemetry on %r: %s", raw_topic[:200], exc)
+            # The same line as a bad topic on the main connection (handle()).
+            shown = raw_topic[:200].decode("utf-8", "backslashreplace")
+            log.warning("dropped message on %s: %s", shown, exc)
             return None
         if len(self._machine_of) >= TOPIC_CACHE_SIZE:
             self._machine_of.clear()
