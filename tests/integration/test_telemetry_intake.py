@@ -69,16 +69,20 @@ async def test_a_reading_the_database_refuses_costs_only_itself_and_is_counted(
 
 
 async def test_a_good_batch_is_stored_in_one_transaction_and_an_empty_one_in_none(
-    ctx: ServiceContext,
+    ctx: ServiceContext, clock: FakeClock
 ) -> None:
     await quick_shop(ctx)
     await quick_shop(ctx, machine_id="VM02")
     failed: list[str] = []
     ctx = dataclasses.replace(ctx, row_failed=failed.append)
+    start = clock()
+    clock.advance(2)
+    latest = reading(ctx, "VM01", temperature=4.5)  # the batch is not in time order
+    clock.advance(-1)
     batch = [
-        reading(ctx, "VM01", temperature=4.5),
+        latest,
         reading(ctx, "VM02", temperature=5.5),
-        reading(ctx, "VM01", temperature=6.5, slots=[{"id": 1, "level": "LOW"}]),
+        dataclasses.replace(latest, received_at=start, reading=Telemetry(temperature=6.5)),
     ]
     begun: list[object] = []
     count_begin = begun.append  # one bound method: `event.remove` needs the same object
@@ -98,6 +102,11 @@ async def test_a_good_batch_is_stored_in_one_transaction_and_an_empty_one_in_non
         ("VM02", 5.5),
         ("VM01", 6.5),
     ]
+    # Each machine last seen at its latest reading, whatever its place in the batch.
+    assert {m["id"]: m["last_seen_at"] for m in await rows(ctx, machines)} == {
+        "VM01": latest.received_at,
+        "VM02": clock(),
+    }
 
 
 async def test_a_sensed_level_changes_only_that_machines_slot(
