@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -16,10 +17,12 @@ from tests.integration.helpers import (
     add_user,
     api_client,
     bearer,
+    order,
     outbox_rows,
     quick_shop,
     report,
     rows,
+    sandbox,
     slot_row,
 )
 from vendhub.adapters.db.tables import machine_events, refunds, slots
@@ -27,9 +30,11 @@ from vendhub.adapters.payments import midtrans_notification
 from vendhub.bootstrap import Container
 from vendhub.services import commands
 from vendhub.services import refunds as refund_service
+from vendhub.services.checkout import checkout
 from vendhub.services.context import ServiceContext
 from vendhub.services.errors import Conflict
-from vendhub.services.orders import expire_due_orders
+from vendhub.services.orders import OrderLine, expire_due_orders
+from vendhub.services.views import Window
 
 pytestmark = pytest.mark.integration
 
@@ -433,3 +438,63 @@ async def test_retry_now_retries_only_its_refund_and_only_what_is_still_owed(
     view = await shop.view(second_order)
     assert view["refunded_amount"] == 3000
     assert [r["status"] for r in view["refunds"] if r["id"] == second] == ["FAILED"]
+
+
+# --- the owed and refund lists ---------------------------------------------------------------
+
+
+async def test_the_owed_list_is_oldest_first_with_its_machine_and_the_refund_list_newest_first(
+    ctx: ServiceContext, clock: FakeClock
+) -> None:
+    await quick_shop(ctx)
+    await quick_shop(ctx, machine_id="VM02")
+    order_of = {"VM01": await order(ctx)}
+    order_of["VM02"] = await checkout(
+        ctx,
+        sandbox(),
+        "VM02",
+        [OrderLine(slot_number=1, quantity=1)],
+        customer_phone=None,
+        payment_method=None,
+    )
+    t0 = clock()
+    # (id, machine, status, seconds before t0): written as the ledger would have them.
+    ledger_rows = [
+        ("R9", "VM01", "FAILED", 10),
+        ("R3", "VM02", "PENDING", 0),
+        ("R1", "VM01", "PENDING", 0),  # as old as R3: the id decides
+        ("R5", "VM02", "SUCCEEDED", 20),
+        ("R7", "VM01", "HELD", 5),
+    ]
+    async with ctx.engine.begin() as conn:
+        for refund_id, machine_id, status, ago in ledger_rows:
+            at = t0 - timedelta(seconds=ago)
+            await conn.execute(
+                sa.insert(refunds).values(
+                    id=refund_id,
+                    order_id=order_of[machine_id],
+                    refund_key=f"key-{refund_id}",
+                    amount=COCA_COLA,
+                    status=status,
+                    reason="JAM",
+                    created_at=at,
+                    updated_at=at,
+                )
+            )
+
+    def listed(found: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        return [(r["id"], r["machine_id"]) for r in found]
+
+    assert listed(await refund_service.owed(ctx)) == [
+        ("R9", "VM01"),
+        ("R1", "VM01"),
+        ("R3", "VM02"),
+    ]
+    assert listed(await refund_service.owed(ctx, limit=2)) == [("R9", "VM01"), ("R1", "VM01")]
+
+    page = await refund_service.list_refunds(ctx, None, Window(limit=3))
+    assert ([r["id"] for r in page.items], page.next_offset) == (["R3", "R1", "R7"], 3)
+    page = await refund_service.list_refunds(ctx, None, Window(limit=3, offset=3))
+    assert ([r["id"] for r in page.items], page.next_offset) == (["R9", "R5"], None)
+    page = await refund_service.list_refunds(ctx, "PENDING", Window())
+    assert [r["id"] for r in page.items] == ["R3", "R1"]

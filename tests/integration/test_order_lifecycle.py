@@ -23,14 +23,16 @@ from tests.integration.helpers import (
     quick_shop,
     report,
     rows,
+    sandbox,
     slot_row,
 )
 from vendhub.adapters.db.tables import dispenses, outbox, refunds, stock_logs
 from vendhub.domain.model import IllegalTransition
 from vendhub.services import commands, dispatch
+from vendhub.services.checkout import checkout
 from vendhub.services.context import ServiceContext
 from vendhub.services.errors import Conflict, NotFound
-from vendhub.services.orders import cancel_order, expire_due_orders, get_order
+from vendhub.services.orders import OrderLine, cancel_order, expire_due_orders, get_order
 
 pytestmark = pytest.mark.integration
 
@@ -160,6 +162,57 @@ async def test_silent_command_is_retransmitted_with_the_same_command_id(
     # The unit is re-checked under its lock: a copy already waiting is not queued again.
     assert await commands._retransmit(ctx, unit["id"], clock()) is False
     assert len(await outbox_rows(ctx, "dispense")) == 2
+
+
+async def test_two_units_due_at_once_are_each_retransmitted_once_most_overdue_first(
+    stocked: ServiceContext, clock: FakeClock
+) -> None:
+    ctx = stocked
+    await quick_shop(ctx, stock=5, machine_id="VM02")
+    await paid(ctx)
+    vm02_order = await checkout(
+        ctx,
+        sandbox(),
+        "VM02",
+        [OrderLine(slot_number=1, quantity=1)],
+        customer_phone=None,
+        payment_method=None,
+    )
+    assert await pay(ctx, vm02_order, COCA_COLA) == "paid"
+    assert await publish_all(ctx) == 2
+    units = await rows(ctx, dispenses)
+    unit = {u["machine_id"]: u["id"] for u in units}
+    [due] = {u["next_attempt_at"] for u in units}
+    # Both due at once; VM02's (written last) a second more overdue.
+    async with ctx.engine.begin() as conn:
+        for machine_id, earlier in (("VM01", 0), ("VM02", 1)):
+            await conn.execute(
+                sa.update(dispenses)
+                .where(dispenses.c.id == unit[machine_id])
+                .values(next_attempt_at=due - timedelta(seconds=earlier))
+            )
+    clock.advance(retry_wait(ctx) + 1)
+
+    async def copies() -> list[str]:
+        sent = await outbox_rows(ctx, "dispense")
+        return [r["body"]["commandId"] for r in sent if r["published_at"] is None]
+
+    # One at a time: the unit copied is the one the pass picked, the most overdue.
+    assert await commands.retransmit_due(ctx, limit=1) == 1
+    assert await copies() == [unit["VM02"]]
+    assert await commands.retransmit_due(ctx) == 1
+    assert await commands.retransmit_due(ctx) == 0
+    assert await copies() == [unit["VM02"], unit["VM01"]]
+    # Each unit: its first command and exactly one copy, on its own machine's topic.
+    sent = await outbox_rows(ctx, "dispense")
+    for machine_id, unit_id in unit.items():
+        topics = [r["topic"] for r in sent if r["body"]["commandId"] == unit_id]
+        assert topics == [f"{ctx.tunables.topic_prefix}/{machine_id}/command"] * 2
+    await publish_all(ctx)
+    assert {u["id"]: u["attempts"] for u in await rows(ctx, dispenses)} == {
+        unit["VM01"]: 2,
+        unit["VM02"]: 2,
+    }
 
 
 async def test_retransmission_stops_at_max_attempts(

@@ -50,3 +50,15 @@ async def test_concurrent_publishers_split_the_rows_without_overlap(ctx: Service
     ids = [i.id for batch in batches for i in batch]
     assert len(ids) == len(set(ids)) == 6
     assert await commands.pending(ctx) == []
+
+
+async def test_a_publisher_gives_back_only_the_rows_it_claimed(ctx: ServiceContext) -> None:
+    await _paid_orders(ctx, 1)
+    for _ in range(3):
+        await catalog.push_config(ctx, "VM01")
+    mine = await commands.pending(ctx, limit=2)
+    theirs = await commands.pending(ctx, limit=2)  # another replica's claim
+    assert len(mine) == len(theirs) == 2
+    await commands.release(ctx, mine)  # my broker went away mid-batch
+    # Mine go out again at once; the other replica's stay claimed until its lease ends.
+    assert [i.id for i in await commands.pending(ctx)] == [i.id for i in mine]

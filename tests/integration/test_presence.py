@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -200,3 +201,20 @@ async def test_a_devices_status_changes_are_recorded_as_events_with_what_it_sent
             {"status": "MAINTENANCE", "fw": None, "rssi": None, "door": "open", "bootId": None},
         ),
     ]
+
+
+async def test_a_machine_coming_online_with_nothing_waiting_gets_a_sync_and_wakes_the_publisher(
+    ctx: ServiceContext,
+) -> None:
+    await quick_shop(ctx)
+    await _set_status(ctx, "OFFLINE")
+    woken: list[None] = []
+    ctx = dataclasses.replace(ctx, wake_outbox=lambda: woken.append(None))
+    online = StatusMessage.model_validate({"status": "ONLINE"})
+    assert await fleet.apply_status(ctx, "VM01", online) is True
+    assert [r["body"] for r in await outbox_rows(ctx, "sync")] == [{"cmd": "sync"}]
+    assert await outbox_rows(ctx, "dispense") == []
+    assert len(woken) == 1
+    # Already ONLINE, same boot: nothing queued, nobody woken.
+    assert await fleet.apply_status(ctx, "VM01", online) is False
+    assert len(woken) == 1

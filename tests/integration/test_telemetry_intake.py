@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import FakeClock, unique
 from tests.integration.helpers import order, order_status, outbox_rows, pay, quick_shop, rows
 from tests.integration.test_mqtt_intake import device, eventually, fetch, invalid, running
-from vendhub.adapters.db.tables import machine_events, machines, telemetry
+from vendhub.adapters.db.tables import machine_events, machines, slots, telemetry
 from vendhub.adapters.mqtt.stream import MAX_FRAME_BYTES
 from vendhub.protocol.messages import Telemetry
 from vendhub.services import fleet
@@ -64,6 +65,68 @@ async def test_a_reading_the_database_refuses_costs_only_itself_and_is_counted(
     assert {m["id"]: m["last_seen_at"] for m in await rows(ctx, machines)} == {
         "VM01": ctx.clock(),
         "VM02": ctx.clock(),
+    }
+
+
+async def test_a_good_batch_is_stored_in_one_transaction_and_an_empty_one_in_none(
+    ctx: ServiceContext, clock: FakeClock
+) -> None:
+    await quick_shop(ctx)
+    await quick_shop(ctx, machine_id="VM02")
+    failed: list[str] = []
+    ctx = dataclasses.replace(ctx, row_failed=failed.append)
+    start = clock()
+    clock.advance(2)
+    latest = reading(ctx, "VM01", temperature=4.5)  # the batch is not in time order
+    clock.advance(-1)
+    batch = [
+        latest,
+        reading(ctx, "VM02", temperature=5.5),
+        dataclasses.replace(latest, received_at=start, reading=Telemetry(temperature=6.5)),
+    ]
+    begun: list[object] = []
+    count_begin = begun.append  # one bound method: `event.remove` needs the same object
+    sync_engine = ctx.engine.sync_engine
+    event.listen(sync_engine, "begin", count_begin)
+    try:
+        assert await fleet.store_telemetry(ctx, []) == 0
+        assert begun == []
+        assert await fleet.store_telemetry(ctx, batch) == 3
+        assert len(begun) == 1  # not one per reading (the fallback after a refused batch)
+    finally:
+        event.remove(sync_engine, "begin", count_begin)
+    assert failed == []
+    stored = await rows(ctx, telemetry)
+    assert [(r["machine_id"], r["temperature"]) for r in stored] == [
+        ("VM01", 4.5),
+        ("VM02", 5.5),
+        ("VM01", 6.5),
+    ]
+    # Each machine last seen at its latest reading, whatever its place in the batch.
+    assert {m["id"]: m["last_seen_at"] for m in await rows(ctx, machines)} == {
+        "VM01": latest.received_at,
+        "VM02": clock(),
+    }
+
+
+async def test_a_sensed_level_changes_only_that_machines_slot(
+    ctx: ServiceContext, clock: FakeClock
+) -> None:
+    await quick_shop(ctx)
+    await quick_shop(ctx, machine_id="VM02")
+    clock.advance(7)
+    level = [{"id": 2, "level": "LOW"}]
+    assert await fleet.store_telemetry(ctx, [reading(ctx, "VM01", slots=level)]) == 1
+    sensed = {
+        (s["machine_id"], s["slot_number"]): (s["sensed_level"], s["sensed_at"])
+        for s in await rows(ctx, slots)
+        if s["slot_number"] in (1, 2)
+    }
+    assert sensed == {
+        ("VM01", 1): (None, None),
+        ("VM01", 2): ("LOW", clock()),
+        ("VM02", 1): (None, None),
+        ("VM02", 2): (None, None),
     }
 
 
