@@ -586,10 +586,12 @@ async def statements_per_order(cfg: BenchConfig) -> tuple[float, float]:
 
 async def statement_ceiling(cfg: BenchConfig, transactions: int = 2000) -> dict[str, float]:
     """CPU µs per statement, 5-statement transactions 16 at a time, of one UPDATE … RETURNING:
-    through SQLAlchemy Core on the app's engine, and on a raw asyncpg pool (prepared; the
-    ceiling). PostgreSQL only."""
+    through SQLAlchemy Core on the app's engine, as a `fast.Query` on the app's engine (how
+    the hot transactions run), and on a raw asyncpg pool (prepared; the ceiling). PostgreSQL
+    only."""
     import asyncpg
 
+    from vendhub.adapters.db import fast
     from vendhub.adapters.db.engine import create_engine
 
     table = sa.table("bench_ceiling", sa.column("id", sa.Integer), sa.column("n", sa.Integer))
@@ -618,6 +620,14 @@ async def statement_ceiling(cfg: BenchConfig, transactions: int = 2000) -> dict[
                     for k in range(5):
                         await conn.scalar(stmt, {"row": worker * 5 + k + 1})
 
+        query = fast.Query(lambda: stmt)
+
+        async def lean(worker: int) -> None:
+            for _ in range(transactions // 16):
+                async with engine.begin() as conn:
+                    for k in range(5):
+                        await query.scalar(conn, row=worker * 5 + k + 1)
+
         async def asyncpg_pool(worker: int) -> None:
             for _ in range(transactions // 16):
                 async with raw.acquire() as conn, conn.transaction():
@@ -627,7 +637,7 @@ async def statement_ceiling(cfg: BenchConfig, transactions: int = 2000) -> dict[
                             worker * 5 + k + 1,
                         )
 
-        for name, work in (("core", core), ("asyncpg", asyncpg_pool)):
+        for name, work in (("core", core), ("query", lean), ("asyncpg", asyncpg_pool)):
             await asyncio.gather(*(work(w) for w in range(16)))  # warm up
             before = time.process_time()
             await asyncio.gather(*(work(w) for w in range(16)))
@@ -683,6 +693,7 @@ async def run(cfg: BenchConfig, parts: set[str]) -> dict[str, float]:
         if cfg.database_url.startswith("postgresql"):
             ceiling = await statement_ceiling(cfg)
             figures["core_us_per_statement"] = ceiling["core"]
+            figures["query_us_per_statement"] = ceiling["query"]
             figures["asyncpg_us_per_statement"] = ceiling["asyncpg"]
     for processes in (1, 2):
         if f"orders{processes}" in parts or (processes == 1 and "orders" in parts):
@@ -762,6 +773,12 @@ def table(figures: dict[str, float], inflight: int) -> list[str]:
     row("statements per order (service layer)", stmts, 15.0)
     row("transactions per order", f("transactions_per_order"), 4.0)
     row("CPU µs per statement, SQLAlchemy Core", f("core_us_per_statement"), raw_us, "{:.0f}")
+    row(
+        "CPU µs per statement, fast.Query (hot paths)",
+        f("query_us_per_statement"),
+        raw_us,
+        "{:.0f}",
+    )
     width = max((len(r[0]) for r in rows), default=10)
     lines = [f"{'figure':<{width}}  {'measured':>10}  {'ceiling':>10}  {'ratio':>6}"]
     lines += [f"{a:<{width}}  {b:>10}  {c:>10}  {d:>6}" for a, b, c, d in rows]

@@ -6,12 +6,14 @@ import itertools
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vendhub.adapters.db import fast
+from vendhub.adapters.db.fast import Row
 from vendhub.adapters.db.tables import dispenses, machines, order_items, orders, outbox, slots
 from vendhub.domain.model import (
     LATE_DROP_ORDER_CORRECTION,
@@ -31,7 +33,7 @@ from vendhub.services.context import ServiceContext
 from vendhub.services.errors import Conflict, NotFound
 from vendhub.services.ids import new_id
 from vendhub.services.outbox import enqueue
-from vendhub.services.rows import every, first
+from vendhub.services.rows import every
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ UNREACHABLE = frozenset({PresenceStatus.OFFLINE.value, PresenceStatus.MAINTENANC
 
 
 async def set_order_status(
-    conn: AsyncConnection, order: RowMapping, new: OrderStatus, now: datetime, **values: Any
+    conn: AsyncConnection, order: Row, new: OrderStatus, now: datetime, **values: Any
 ) -> OrderStatus:
     """The only way an order's status changes: validated, and conditional on the old value."""
     return await move_order(conn, order["id"], OrderStatus(order["status"]), new, now, **values)
@@ -60,15 +62,42 @@ async def move_order(
     steps = [current, new] if via is None else [current, via, new]
     for old, nxt in itertools.pairwise(steps):
         check_order_transition(old, nxt)
-    result = await conn.execute(
-        sa.update(orders)
-        .where(orders.c.id == order_id, orders.c.status == current.value)
-        .values(status=new.value, updated_at=now, **values)
+    changed = await _move_order_query(tuple(sorted(values))).count(
+        conn,
+        b_id=order_id,
+        b_current=current.value,
+        b_new=new.value,
+        b_now=now,
+        **{f"b_{k}": v for k, v in values.items()},
     )
-    if result.rowcount != 1:
+    if changed != 1:
         raise RuntimeError(f"order {order_id} changed under a lock")
     log.info("order %s %s", order_id, " → ".join(s.value for s in steps))
     return new
+
+
+_MOVE_ORDER: dict[tuple[str, ...], fast.Query] = {}
+
+
+def _move_order_query(extra: tuple[str, ...]) -> fast.Query:
+    """The conditional status UPDATE, one prepared statement per set of extra columns."""
+    query = _MOVE_ORDER.get(extra)
+    if query is None:
+        query = _MOVE_ORDER[extra] = fast.Query(
+            lambda: (
+                sa.update(orders)
+                .where(
+                    orders.c.id == sa.bindparam("b_id"),
+                    orders.c.status == sa.bindparam("b_current"),
+                )
+                .values(
+                    status=sa.bindparam("b_new"),
+                    updated_at=sa.bindparam("b_now"),
+                    **{k: sa.bindparam(f"b_{k}") for k in extra},
+                )
+            )
+        )
+    return query
 
 
 async def commands_out(conn: AsyncConnection, order_ids: set[str], now: datetime) -> None:
@@ -100,54 +129,69 @@ async def revive_order(
     log.info("order %s %s → %s (late payment dispensed)", order_id, current.value, new.value)
 
 
-async def lock_machine(conn: AsyncConnection, machine_id: str) -> RowMapping | None:
-    # NO KEY UPDATE (PostgreSQL): does not wait for orders being inserted for this machine,
-    # whose foreign-key checks hold KEY SHARE on it; plain FOR UPDATE deadlocked there.
-    stmt = sa.select(machines).where(machines.c.id == machine_id)
-    return await first(conn, stmt.with_for_update(key_share=True))
+# NO KEY UPDATE (PostgreSQL): does not wait for orders being inserted for this machine,
+# whose foreign-key checks hold KEY SHARE on it; plain FOR UPDATE deadlocked there.
+_LOCK_MACHINE = fast.Query(
+    lambda: (
+        sa.select(machines)
+        .where(machines.c.id == sa.bindparam("machine_id"))
+        .with_for_update(key_share=True)
+    )
+)
+_LOCK_ORDER = fast.Query(
+    lambda: (
+        sa.select(orders)
+        .where(orders.c.id == sa.bindparam("order_id"))
+        .with_for_update(key_share=True)
+    )
+)
 
 
-async def lock_order(conn: AsyncConnection, order_id: str) -> RowMapping | None:
-    stmt = sa.select(orders).where(orders.c.id == order_id).with_for_update(key_share=True)
-    return (await conn.execute(stmt)).mappings().first()
-
-
-async def lock_order_with_items(
-    conn: AsyncConnection, order_id: str
-) -> tuple[RowMapping | None, list[RowMapping]]:
-    """The order, locked, with its items and each slot's motor time, in one statement. The
-    items' rows are locked with it (only ever changed under the order's lock); the slots are
-    read, not locked (a subquery)."""
+def _order_with_items() -> sa.Select[Any]:
     motor = (
         sa.select(slots.c.motor_duration_ms)
         .where(slots.c.id == order_items.c.slot_id)
         .scalar_subquery()
         .label("item_motor_duration_ms")
     )
-    rows = (
-        (
-            await conn.execute(
-                sa.select(
-                    orders,
-                    order_items.c.id.label("item_id"),
-                    order_items.c.slot_id.label("item_slot_id"),
-                    order_items.c.slot_number.label("item_slot_number"),
-                    order_items.c.unit_price.label("item_unit_price"),
-                    order_items.c.quantity.label("item_quantity"),
-                    motor,
-                )
-                .join(order_items, order_items.c.order_id == orders.c.id)
-                .where(orders.c.id == order_id)
-                .order_by(order_items.c.id)
-                .with_for_update(key_share=True)
-            )
+    return (
+        sa.select(
+            orders,
+            order_items.c.id.label("item_id"),
+            order_items.c.slot_id.label("item_slot_id"),
+            order_items.c.slot_number.label("item_slot_number"),
+            order_items.c.unit_price.label("item_unit_price"),
+            order_items.c.quantity.label("item_quantity"),
+            motor,
         )
-        .mappings()
-        .all()
+        .join(order_items, order_items.c.order_id == orders.c.id)
+        .where(orders.c.id == sa.bindparam("order_id"))
+        .order_by(order_items.c.id)
+        .with_for_update(key_share=True)
     )
+
+
+_LOCK_ORDER_WITH_ITEMS = fast.Query(_order_with_items)
+
+
+async def lock_machine(conn: AsyncConnection, machine_id: str) -> Row | None:
+    return await _LOCK_MACHINE.first(conn, machine_id=machine_id)
+
+
+async def lock_order(conn: AsyncConnection, order_id: str) -> Row | None:
+    return await _LOCK_ORDER.first(conn, order_id=order_id)
+
+
+async def lock_order_with_items(
+    conn: AsyncConnection, order_id: str
+) -> tuple[Row | None, list[Row]]:
+    """The order, locked, with its items and each slot's motor time, in one statement. The
+    items' rows are locked with it (only ever changed under the order's lock); the slots are
+    read, not locked (a subquery)."""
+    rows = await _LOCK_ORDER_WITH_ITEMS.all(conn, order_id=order_id)
     if not rows:
         return await lock_order(conn, order_id), []
-    items = [
+    items: list[Row] = [
         {
             "id": r["item_id"],
             "slot_id": r["item_slot_id"],
@@ -158,7 +202,7 @@ async def lock_order_with_items(
         }
         for r in rows
     ]
-    return rows[0], items  # type: ignore[return-value]
+    return rows[0], items
 
 
 async def create_units(
@@ -208,7 +252,7 @@ async def create_units(
         # MariaDB: inserting the units takes shared locks on their slot and machine rows
         # (foreign-key checks) that a checkout's reservation or another dispatcher may hold;
         # taken before the machine's lock, as every other transaction takes them.
-        await conn.execute(sa.insert(dispenses), rows)
+        await _INSERT_UNITS.many(conn, rows)
         machine = await lock_machine(conn, machine_id)
         target = _start_status(ctx, machine)
         await move_order(conn, order_id, current, target, now, via=via, **order_values)
@@ -224,19 +268,9 @@ async def create_units(
     if machine is not None and machine["status"] not in UNREACHABLE:
         # The same conditions as dispatch_next: is a unit in flight here, or one waiting
         # that may still be sent (it goes first)?
-        busy = (
-            await conn.execute(
-                sa.select(
-                    sa.exists().where(dispenses.c.inflight_machine == machine_id),
-                    sa.exists().where(
-                        dispenses.c.machine_id == machine_id,
-                        dispenses.c.status == UnitStatus.QUEUED.value,
-                        dispenses.c.expires_at > now,
-                    ),
-                )
-            )
-        ).one()
-        in_flight, queued = bool(busy[0]), bool(busy[1])
+        busy = await _BUSY.first(conn, machine_id=machine_id, now=now)
+        assert busy is not None
+        in_flight, queued = bool(busy["in_flight"]), bool(busy["queued"])
     first_unit = rows[0] if rows and not in_flight and not queued else None
     if first_unit is not None:
         # The machine is free: the first unit goes out now, without a QUEUED step on disk.
@@ -247,18 +281,51 @@ async def create_units(
             expires_at=now + timedelta(seconds=ctx.tunables.command_ttl_s),
             dispatched_at=now,
         )
-    await conn.execute(sa.insert(dispenses), rows)
+    await _INSERT_UNITS.many(conn, rows)
     if first_unit is not None:
         await _send(ctx, conn, first_unit, now)
     elif queued and not in_flight:
         await dispatch_next(ctx, conn, machine_id, locked=machine)
 
 
+_UNIT_COLUMNS = (
+    "id",
+    "order_id",
+    "order_item_id",
+    "machine_id",
+    "slot_id",
+    "slot_number",
+    "unit_price",
+    "status",
+    "inflight_machine",
+    "timeout_ms",
+    "expires_at",
+    "dispatched_at",
+    "created_at",
+)
+_INSERT_UNITS = fast.Query(lambda: sa.insert(dispenses), columns=_UNIT_COLUMNS)
+# Is a unit in flight on this machine; is one waiting that may still be sent?
+_BUSY = fast.Query(
+    lambda: sa.select(
+        sa.exists()
+        .where(dispenses.c.inflight_machine == sa.bindparam("machine_id"))
+        .label("in_flight"),
+        sa.exists()
+        .where(
+            dispenses.c.machine_id == sa.bindparam("machine_id"),
+            dispenses.c.status == UnitStatus.QUEUED.value,
+            dispenses.c.expires_at > sa.bindparam("now", type_=dispenses.c.expires_at.type),
+        )
+        .label("queued"),
+    )
+)
+
+
 def _fk_checks_lock_rows(conn: AsyncConnection) -> bool:
     return conn.dialect.name == "mysql"
 
 
-def _start_status(ctx: ServiceContext, machine: RowMapping | None) -> OrderStatus:
+def _start_status(ctx: ServiceContext, machine: Row | None) -> OrderStatus:
     reachable = ctx.mqtt_connected() and (machine["status"] if machine else None) not in UNREACHABLE
     return OrderStatus.DISPENSING if reachable else OrderStatus.PENDING_DISPENSE
 
@@ -280,6 +347,33 @@ async def _send(
 
 
 _INFLIGHT = dispenses.alias("inflight")
+_NEXT_UNIT = fast.Query(
+    lambda: (
+        sa.select(dispenses)
+        .where(
+            dispenses.c.machine_id == sa.bindparam("machine_id"),
+            dispenses.c.status == UnitStatus.QUEUED.value,
+            # Past its queue deadline a unit is refunded (give_up_due), never sent.
+            dispenses.c.expires_at > sa.bindparam("now", type_=dispenses.c.expires_at.type),
+            # One query with the "is a unit already in flight here" check.
+            ~sa.exists().where(_INFLIGHT.c.inflight_machine == sa.bindparam("machine_id")),
+        )
+        .order_by(dispenses.c.id)
+        .limit(1)
+    )
+)
+_PUT_IN_FLIGHT = fast.Query(
+    lambda: (
+        sa.update(dispenses)
+        .where(dispenses.c.id == sa.bindparam("b_id"))
+        .values(
+            status=UnitStatus.IN_FLIGHT.value,
+            inflight_machine=sa.bindparam("b_machine"),
+            expires_at=sa.bindparam("b_expires_at"),
+            dispatched_at=sa.bindparam("b_now"),
+        )
+    )
+)
 
 
 async def dispatch_next(
@@ -287,7 +381,7 @@ async def dispatch_next(
     conn: AsyncConnection,
     machine_id: str,
     *,
-    locked: RowMapping | None = None,
+    locked: Row | None = None,
 ) -> bool:
     """Put the oldest queued unit of this machine in flight, unless one already is or the
     machine is known to be offline (then it waits; a status ONLINE dispatches it).
@@ -297,34 +391,14 @@ async def dispatch_next(
     status = machine["status"] if machine else None
     if status in UNREACHABLE:
         return False
-    unit = await first(
-        conn,
-        sa.select(dispenses)
-        .where(
-            dispenses.c.machine_id == machine_id,
-            dispenses.c.status == UnitStatus.QUEUED.value,
-            # Past its queue deadline a unit is refunded (give_up_due), never sent.
-            dispenses.c.expires_at > ctx.clock(),
-            # One query with the "is a unit already in flight here" check.
-            ~sa.exists().where(_INFLIGHT.c.inflight_machine == machine_id),
-        )
-        .order_by(dispenses.c.id)
-        .limit(1),
-    )
+    unit = await _NEXT_UNIT.first(conn, machine_id=machine_id, now=ctx.clock())
     if unit is None:
         return False
     now = ctx.clock()
     expires_at = now + timedelta(seconds=ctx.tunables.command_ttl_s)
     check_unit_transition(UnitStatus(unit["status"]), UnitStatus.IN_FLIGHT)
-    await conn.execute(
-        sa.update(dispenses)
-        .where(dispenses.c.id == unit["id"])
-        .values(
-            status=UnitStatus.IN_FLIGHT.value,
-            inflight_machine=machine_id,
-            expires_at=expires_at,
-            dispatched_at=now,
-        )
+    await _PUT_IN_FLIGHT.count(
+        conn, b_id=unit["id"], b_machine=machine_id, b_expires_at=expires_at, b_now=now
     )
     await _send(ctx, conn, {**unit, "expires_at": expires_at}, now)
     return True
@@ -354,7 +428,7 @@ def _settled_values(
 async def settle_unit(
     ctx: ServiceContext,
     conn: AsyncConnection,
-    unit: RowMapping,
+    unit: Row,
     *,
     dropped: bool,
     success: bool | None,
@@ -386,6 +460,34 @@ async def settle_unit(
     await _after_settling(ctx, conn, unit, dropped=dropped, error=error, now=now)
 
 
+_SETTLE_IN_FLIGHT = fast.Query(
+    lambda: (
+        sa.update(dispenses)
+        .where(
+            dispenses.c.id == sa.bindparam("b_id"),
+            dispenses.c.machine_id == sa.bindparam("b_machine"),
+            dispenses.c.order_id == sa.bindparam("b_order"),
+            dispenses.c.slot_number == sa.bindparam("b_slot"),
+            dispenses.c.status == UnitStatus.IN_FLIGHT.value,
+        )
+        .values(
+            {
+                k: sa.bindparam(f"b_{k}")
+                for k in _settled_values(
+                    UnitStatus.FAILED,
+                    datetime.min,
+                    success=None,
+                    drop_detected=None,
+                    duration_ms=None,
+                    error=None,
+                )
+            }
+        )
+        .returning(*dispenses.c)
+    )
+)
+
+
 async def settle_in_flight(
     ctx: ServiceContext,
     conn: AsyncConnection,
@@ -399,7 +501,7 @@ async def settle_in_flight(
     drop_detected: bool | None,
     duration_ms: int | None,
     error: str | None,
-) -> RowMapping | None:
+) -> Row | None:
     """The common case of a result, in one statement where the database returns what it
     updated (PostgreSQL, SQLite): settle the unit if it is this machine's command for this
     order and slot and still in flight. None (nothing changed) otherwise, or on MariaDB (no
@@ -409,42 +511,42 @@ async def settle_in_flight(
     now = ctx.clock()
     new = UnitStatus.DROPPED if dropped else UnitStatus.FAILED
     check_unit_transition(UnitStatus.IN_FLIGHT, new)
-    unit = (
-        (
-            await conn.execute(
-                sa.update(dispenses)
-                .where(
-                    dispenses.c.id == command_id,
-                    dispenses.c.machine_id == machine_id,
-                    dispenses.c.order_id == order_id,
-                    dispenses.c.slot_number == slot_number,
-                    dispenses.c.status == UnitStatus.IN_FLIGHT.value,
-                )
-                .values(
-                    **_settled_values(
-                        new,
-                        now,
-                        success=success,
-                        drop_detected=drop_detected,
-                        duration_ms=duration_ms,
-                        error=error,
-                    )
-                )
-                .returning(*dispenses.c)
-            )
-        )
-        .mappings()
-        .first()
+    unit = await _SETTLE_IN_FLIGHT.first(
+        conn,
+        b_id=command_id,
+        b_machine=machine_id,
+        b_order=order_id,
+        b_slot=slot_number,
+        **{
+            f"b_{k}": v
+            for k, v in _settled_values(
+                new,
+                now,
+                success=success,
+                drop_detected=drop_detected,
+                duration_ms=duration_ms,
+                error=error,
+            ).items()
+        },
     )
     if unit is not None:
         await _after_settling(ctx, conn, unit, dropped=dropped, error=error, now=now)
     return unit
 
 
+_CLOSE_COMMANDS = fast.Query(
+    lambda: (
+        sa.update(outbox)
+        .where(outbox.c.dispense_id == sa.bindparam("unit_id"), outbox.c.published_at.is_(None))
+        .values(published_at=sa.bindparam("now"))
+    )
+)
+
+
 async def _after_settling(
     ctx: ServiceContext,
     conn: AsyncConnection,
-    unit: RowMapping,
+    unit: Row,
     *,
     dropped: bool,
     error: str | None,
@@ -452,11 +554,7 @@ async def _after_settling(
 ) -> None:
     # Its commands are done: the publisher's deferred mark (if still pending) is no longer
     # needed, and the poll never sends a settled unit's command again.
-    await conn.execute(
-        sa.update(outbox)
-        .where(outbox.c.dispense_id == unit["id"], outbox.c.published_at.is_(None))
-        .values(published_at=now)
-    )
+    await _CLOSE_COMMANDS.count(conn, unit_id=unit["id"], now=now)
     # The publish is marked later (or never, see above): the dispatch is the closest time.
     sent_at = unit["command_sent_at"] or unit["dispatched_at"]
     ctx.unit_settled(dropped, (now - sent_at).total_seconds() if sent_at else None)
@@ -491,6 +589,30 @@ async def _after_settling(
     await dispatch_next(ctx, conn, unit["machine_id"])
 
 
+def _one_unit_order_update(dropped: bool) -> sa.Update:
+    one_unit = (
+        sa.select(sa.func.coalesce(sa.func.sum(order_items.c.quantity), 0))
+        .where(order_items.c.order_id == sa.bindparam("b_id"))
+        .scalar_subquery()
+    )
+    extra: dict[str, Any] = {"dispensed_at": sa.bindparam("b_now")} if dropped else {}
+    return (
+        sa.update(orders)
+        .where(
+            orders.c.id == sa.bindparam("b_id"),
+            orders.c.status == sa.bindparam("b_current"),
+            one_unit == 1,
+        )
+        .values(status=sa.bindparam("b_new"), updated_at=sa.bindparam("b_now"), **extra)
+    )
+
+
+# By outcome: COMPLETED (True) also stamps dispensed_at.
+_SETTLE_ONE_UNIT_ORDER = {
+    dropped: fast.Query(partial(_one_unit_order_update, dropped)) for dropped in (True, False)
+}
+
+
 async def _settle_one_unit_order(
     conn: AsyncConnection, order_id: str, outcome: OrderStatus, now: datetime
 ) -> bool:
@@ -499,18 +621,11 @@ async def _settle_one_unit_order(
     command's mark has not moved it yet): the caller then reads its units under its lock."""
     current = OrderStatus.DISPENSING
     check_order_transition(current, outcome)
-    one_unit = (
-        sa.select(sa.func.coalesce(sa.func.sum(order_items.c.quantity), 0))
-        .where(order_items.c.order_id == order_id)
-        .scalar_subquery()
+    dropped = outcome is OrderStatus.COMPLETED
+    changed = await _SETTLE_ONE_UNIT_ORDER[dropped].count(
+        conn, b_id=order_id, b_current=current.value, b_new=outcome.value, b_now=now
     )
-    extra = {"dispensed_at": now} if outcome is OrderStatus.COMPLETED else {}
-    changed = await conn.execute(
-        sa.update(orders)
-        .where(orders.c.id == order_id, orders.c.status == current.value, one_unit == 1)
-        .values(status=outcome.value, updated_at=now, **extra)
-    )
-    if changed.rowcount != 1:
+    if changed != 1:
         return False
     log.info("order %s %s → %s", order_id, current.value, outcome.value)
     return True
@@ -541,7 +656,7 @@ async def _settle_order(conn: AsyncConnection, order_id: str, now: datetime) -> 
 async def correct_late_drop(
     ctx: ServiceContext,
     conn: AsyncConnection,
-    unit: RowMapping,
+    unit: Row,
     *,
     drop_detected: bool,
     duration_ms: int | None,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vendhub.adapters.db import fast
 from vendhub.adapters.db.tables import outbox
 from vendhub.protocol.messages import AckCommand, DispenseCommand, MachineConfig, SyncCommand
 from vendhub.protocol.topics import TopicKind, topic
@@ -79,6 +80,23 @@ def hand_off(ctx: ServiceContext, items: list[OutboxItem]) -> None:
         ctx.hand_off(items)
 
 
+_INSERT = fast.Query(
+    lambda: sa.insert(outbox),
+    columns=(
+        "kind",
+        "machine_id",
+        "topic",
+        "payload",
+        "qos",
+        "retain",
+        "dispense_id",
+        "created_at",
+        "published_at",
+        "claimed_until",
+    ),
+)
+
+
 async def enqueue(
     conn: AsyncConnection,
     prefix: str,
@@ -100,28 +118,26 @@ async def enqueue(
     # (crash, broker away), the device re-publishes its result until acked (device obligation
     # 3) and the duplicate result is acked again. Without a hand-off the poll sends it.
     premarked = collected is not None and kind is OutboxKind.ACK
-    inserted = await conn.execute(
-        sa.insert(outbox).values(
-            kind=kind.value,
-            machine_id=machine_id,
-            topic=row_topic,
-            payload=payload.decode(),
-            qos=1,
-            retain=retain,
-            dispense_id=dispense_id,
-            created_at=now,
-            published_at=now if premarked else None,
-            # Handed off: the poll leaves it alone unless this process never marks it sent.
-            claimed_until=(
-                now + timedelta(seconds=CLAIM_LEASE_S)
-                if collected is not None and not premarked
-                else None
-            ),
-        )
+    row_id = await _INSERT.insert_id(
+        conn,
+        kind=kind.value,
+        machine_id=machine_id,
+        topic=row_topic,
+        payload=payload.decode(),
+        qos=1,
+        retain=retain,
+        dispense_id=dispense_id,
+        created_at=now,
+        published_at=now if premarked else None,
+        # Handed off: the poll leaves it alone unless this process never marks it sent.
+        claimed_until=(
+            now + timedelta(seconds=CLAIM_LEASE_S)
+            if collected is not None and not premarked
+            else None
+        ),
     )
     if collected is None:
         return
-    (row_id,) = inserted.inserted_primary_key or (None,)
     if row_id is None:
         raise RuntimeError("outbox insert returned no id")
     collected.append(

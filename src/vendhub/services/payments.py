@@ -9,11 +9,12 @@ from enum import StrEnum
 from functools import partial
 
 import sqlalchemy as sa
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vendhub.adapters.db import fast
 from vendhub.adapters.db.engine import retry_on_disconnect
+from vendhub.adapters.db.fast import Row
 from vendhub.adapters.db.tables import (
     order_items,
     payment_notifications,
@@ -87,7 +88,7 @@ async def apply_notification(ctx: ServiceContext, note: Notification) -> Outcome
 async def _store_and_apply(ctx: ServiceContext, note: Notification) -> Outcome:
     now = ctx.clock()
     async with ctx.engine.begin() as conn:
-        items: list[RowMapping] = []
+        items: list[Row] = []
         if note.status is PaymentStatus.PAID:
             # What paying needs, in the statement that locks the order.
             order, items = await lock_order_with_items(conn, note.order_id)
@@ -109,29 +110,69 @@ async def _store_and_apply(ctx: ServiceContext, note: Notification) -> Outcome:
         outcome = await _apply(ctx, conn, order, note, items)
         # Stored last, with its outcome (one statement): a copy of a stored notification
         # fails here on the unique key and rolls back everything it would have done.
-        await conn.execute(
-            sa.insert(payment_notifications).values(
-                order_id=note.order_id,
-                transaction_id=note.dedup_id,
-                transaction_status=note.transaction_status,
-                source=note.source,
-                fraud_status=note.fraud_status,
-                status_code=note.status_code,
-                gross_amount=note.gross_amount,
-                outcome=outcome.value,
-                raw=note.raw,
-                received_at=now,
-            )
+        await _STORE_NOTIFICATION.count(
+            conn,
+            order_id=note.order_id,
+            transaction_id=note.dedup_id,
+            transaction_status=note.transaction_status,
+            source=note.source,
+            fraud_status=note.fraud_status,
+            status_code=note.status_code,
+            gross_amount=note.gross_amount,
+            outcome=outcome.value,
+            raw=note.raw,
+            received_at=now,
         )
     return outcome
+
+
+_STORE_NOTIFICATION = fast.Query(
+    lambda: sa.insert(payment_notifications),
+    columns=(
+        "order_id",
+        "transaction_id",
+        "transaction_status",
+        "source",
+        "fraud_status",
+        "status_code",
+        "gross_amount",
+        "outcome",
+        "raw",
+        "received_at",
+    ),
+)
+_RECEIPT_COLUMNS = (
+    "id",
+    "order_id",
+    "transaction_id",
+    "transaction_status",
+    "amount",
+    "payment_type",
+    "source",
+    "received_at",
+)
+_STORE_RECEIPT = fast.Query(lambda: sa.insert(payment_receipts), columns=_RECEIPT_COLUMNS)
+_RECORD_PAYMENT = fast.Query(
+    lambda: (
+        sa.update(payments)
+        .where(payments.c.order_id == sa.bindparam("b_order"), payments.c.paid_at.is_(None))
+        .values(
+            status=PaymentStatus.PAID.value,
+            transaction_id=sa.bindparam("b_transaction"),
+            payment_type=sa.bindparam("b_type"),
+            paid_at=sa.bindparam("b_now"),
+            updated_at=sa.bindparam("b_now"),
+        )
+    )
+)
 
 
 async def _apply(
     ctx: ServiceContext,
     conn: AsyncConnection,
-    order: RowMapping,
+    order: Row,
     note: Notification,
-    items: list[RowMapping],
+    items: list[Row],
 ) -> Outcome:
     status = OrderStatus(order["status"])
     if note.status is PaymentStatus.PAID:
@@ -184,7 +225,7 @@ async def _apply(
 
 
 async def _record_receipt(
-    ctx: ServiceContext, conn: AsyncConnection, order: RowMapping, note: Notification
+    ctx: ServiceContext, conn: AsyncConnection, order: Row, note: Notification
 ) -> str | None:
     """Books a gateway payment in the ledger; its id, or None if this transaction is already
     booked."""
@@ -210,16 +251,16 @@ async def _record_receipt(
         "source": note.source,
         "received_at": ctx.clock(),
     }
-    await conn.execute(sa.insert(payment_receipts).values(**receipt))
+    await _STORE_RECEIPT.count(conn, **receipt)
     return str(receipt["id"])
 
 
 async def _mark_paid(
     ctx: ServiceContext,
     conn: AsyncConnection,
-    order: RowMapping,
+    order: Row,
     note: Notification,
-    items: list[RowMapping],
+    items: list[Row],
 ) -> None:
     now = ctx.clock()
     await _record_payment(conn, order["id"], note, now)
@@ -239,21 +280,17 @@ async def _record_payment(
     conn: AsyncConnection, order_id: str, note: Notification, now: datetime
 ) -> None:
     """The order's payment (checkout) row shows it paid; the ledger is payment_receipts."""
-    await conn.execute(
-        sa.update(payments)
-        .where(payments.c.order_id == order_id, payments.c.paid_at.is_(None))
-        .values(
-            status=PaymentStatus.PAID.value,
-            transaction_id=note.transaction_id[:64],
-            payment_type=note.payment_type,
-            paid_at=now,
-            updated_at=now,
-        )
+    await _RECORD_PAYMENT.count(
+        conn,
+        b_order=order_id,
+        b_transaction=note.transaction_id[:64],
+        b_type=note.payment_type,
+        b_now=now,
     )
 
 
 async def _dispense_late_payment(
-    ctx: ServiceContext, conn: AsyncConnection, order: RowMapping, note: Notification
+    ctx: ServiceContext, conn: AsyncConnection, order: Row, note: Notification
 ) -> bool:
     """With LATE_PAYMENT_POLICY=dispense: reserve the stock again and vend; False (refund
     instead) when the policy is refund or any slot no longer has the units."""

@@ -11,10 +11,10 @@ from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vendhub.adapters.db.fast import Row
 from vendhub.adapters.db.tables import (
     dispenses,
     orders,
@@ -155,9 +155,7 @@ async def owe(
     return amount
 
 
-async def owe_unit_refund(
-    conn: AsyncConnection, unit: RowMapping, reason: str, now: datetime
-) -> int:
+async def owe_unit_refund(conn: AsyncConnection, unit: Row, reason: str, now: datetime) -> int:
     # refund_key is deterministic per unit so no retry anywhere can refund it twice.
     return await owe(
         conn,
@@ -171,7 +169,7 @@ async def owe_unit_refund(
 
 
 async def owe_payment_back(
-    conn: AsyncConnection, order_id: str, receipt: RowMapping, *, late: bool, now: datetime
+    conn: AsyncConnection, order_id: str, receipt: Row, *, late: bool, now: datetime
 ) -> int:
     """A payment the order does not need (it was closed, or already paid): owed back once."""
     n = await conn.scalar(
@@ -258,7 +256,7 @@ async def execute_refund(
     return True
 
 
-async def _other_transaction(ctx: ServiceContext, row: RowMapping) -> str | None:
+async def _other_transaction(ctx: ServiceContext, row: Row) -> str | None:
     """The transaction a payment-back refund returns, unless it is the order's first (then the
     order id names it, as for every other refund)."""
     if row["receipt_id"] is None:
@@ -280,7 +278,7 @@ def _due(now: datetime) -> sa.ColumnElement[bool]:
     return sa.or_(refunds.c.next_attempt_at.is_(None), refunds.c.next_attempt_at <= now)
 
 
-async def _claim(ctx: ServiceContext, policy: PaymentPolicy, refund_id: str) -> RowMapping | None:
+async def _claim(ctx: ServiceContext, policy: PaymentPolicy, refund_id: str) -> Row | None:
     """Take the row for one attempt: a conditional update only one worker can win."""
     now = ctx.clock()
     async with ctx.engine.begin() as conn:
@@ -299,7 +297,7 @@ async def _claim(ctx: ServiceContext, policy: PaymentPolicy, refund_id: str) -> 
 
 
 async def _record_failure(
-    ctx: ServiceContext, policy: PaymentPolicy, row: RowMapping, exc: GatewayError
+    ctx: ServiceContext, policy: PaymentPolicy, row: Row, exc: GatewayError
 ) -> None:
     now = ctx.clock()
     attempts = int(row["attempts"])
@@ -338,7 +336,7 @@ async def _record_failure(
 
 
 async def _alert(
-    ctx: ServiceContext, conn: AsyncConnection, row: RowMapping, kind: str, message: str
+    ctx: ServiceContext, conn: AsyncConnection, row: Row, kind: str, message: str
 ) -> None:
     machine_id = await conn.scalar(
         sa.select(orders.c.machine_id).where(orders.c.id == row["order_id"])
@@ -391,7 +389,7 @@ async def mark_succeeded(
     return True
 
 
-async def _refresh_order(conn: AsyncConnection, order: RowMapping, now: datetime) -> None:
+async def _refresh_order(conn: AsyncConnection, order: Row, now: datetime) -> None:
     """orders.refunded_amount and the statuses follow the ledger rows."""
     money = await ledger(conn, order["id"])
     fully = money.paid > 0 and money.refunded >= money.paid
@@ -417,7 +415,7 @@ async def _refresh_order(conn: AsyncConnection, order: RowMapping, now: datetime
 
 
 async def record_gateway_refunds(
-    ctx: ServiceContext, conn: AsyncConnection, order: RowMapping, note: Notification
+    ctx: ServiceContext, conn: AsyncConnection, order: Row, note: Notification
 ) -> bool:
     """A refund notification lists every refund of the transaction so far: ours are confirmed
     by refund_key, any other (made in the Midtrans dashboard) becomes a SUCCEEDED row."""
@@ -452,7 +450,7 @@ async def record_gateway_refunds(
 async def _record_external(
     ctx: ServiceContext,
     conn: AsyncConnection,
-    order: RowMapping,
+    order: Row,
     key: str,
     amount: int,
     gateway_id: str | None,
@@ -622,7 +620,7 @@ async def cancel_held(ctx: ServiceContext, refund_id: str) -> dict[str, Any]:
     return await get_refund(ctx, refund_id)
 
 
-async def _held(conn: AsyncConnection, refund_id: str) -> RowMapping:
+async def _held(conn: AsyncConnection, refund_id: str) -> Row:
     row = await first(conn, sa.select(refunds).where(refunds.c.id == refund_id))
     if row is None:
         raise NotFound(f"refund {refund_id} not found")
@@ -702,7 +700,7 @@ async def _create_manual(ctx: ServiceContext, order_id: str) -> None:
         )
 
 
-def _manual_number(row: RowMapping) -> int:
+def _manual_number(row: Row) -> int:
     """manual-{order} is the first, manual-{order}-{n} the n-th."""
     suffix = str(row["refund_key"]).removeprefix(f"manual-{row['order_id']}")
     return int(suffix[1:]) if suffix.startswith("-") and suffix[1:].isdigit() else 1

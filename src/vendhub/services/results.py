@@ -9,10 +9,11 @@ from functools import partial
 from typing import Any, TypedDict
 
 import sqlalchemy as sa
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vendhub.adapters.db import fast
 from vendhub.adapters.db.engine import retry_on_disconnect
+from vendhub.adapters.db.fast import Row
 from vendhub.adapters.db.tables import dispense_results, dispenses, refunds
 from vendhub.domain.model import RefundStatus, UnitStatus
 from vendhub.protocol.messages import AckCommand, DispenseResult
@@ -96,6 +97,23 @@ async def _apply_all(ctx: ServiceContext, batch: list[Arrival]) -> list[ResultOu
         ]
 
 
+# The audit row of every result received, whatever it led to.
+_RECORD = fast.Query(
+    lambda: sa.insert(dispense_results),
+    columns=(
+        "machine_id",
+        "command_id",
+        "order_id",
+        "slot_number",
+        "outcome",
+        "payload",
+        "received_at",
+        "dispense_id",
+        "fingerprint",
+    ),
+)
+
+
 async def _apply_and_record(
     ctx: ServiceContext, conn: AsyncConnection, machine_id: str, result: DispenseResult, raw: str
 ) -> ResultOutcome:
@@ -118,18 +136,17 @@ async def _apply_and_record(
             outcome = await _apply(ctx, conn, machine_id, unit, result)
     else:
         unit, outcome = await _apply_without_command_id(ctx, conn, machine_id, result, fingerprint)
-    await conn.execute(
-        sa.insert(dispense_results).values(
-            machine_id=machine_id,
-            command_id=result.command_id,
-            order_id=result.order_id,
-            slot_number=result.slot,
-            outcome=outcome.value,
-            payload=raw,
-            received_at=ctx.clock(),
-            dispense_id=unit["id"] if unit is not None else None,
-            fingerprint=fingerprint,
-        )
+    await _RECORD.count(
+        conn,
+        machine_id=machine_id,
+        command_id=result.command_id,
+        order_id=result.order_id,
+        slot_number=result.slot,
+        outcome=outcome.value,
+        payload=raw,
+        received_at=ctx.clock(),
+        dispense_id=unit["id"] if unit is not None else None,
+        fingerprint=fingerprint,
     )
     if unit is not None and outcome not in (ResultOutcome.UNKNOWN, ResultOutcome.COPY):
         # Acknowledged only once the outcome is committed (this transaction).
@@ -168,7 +185,7 @@ def _fingerprint(result: DispenseResult) -> str:
     )[:120]
 
 
-async def _by_command(conn: AsyncConnection, machine_id: str, command_id: str) -> RowMapping | None:
+async def _by_command(conn: AsyncConnection, machine_id: str, command_id: str) -> Row | None:
     stmt = sa.select(dispenses).where(
         dispenses.c.machine_id == machine_id, dispenses.c.id == command_id
     )
@@ -181,7 +198,7 @@ async def _apply_without_command_id(
     machine_id: str,
     result: DispenseResult,
     fingerprint: str,
-) -> tuple[RowMapping | None, ResultOutcome]:
+) -> tuple[Row | None, ResultOutcome]:
     """A seed-era device names no commandId: the result is matched to the unit in flight for
     (machine, orderId, slot), but only when it cannot be a copy of an earlier result."""
     last = await first(
@@ -226,7 +243,7 @@ async def _apply_without_command_id(
     return unit, await _apply(ctx, conn, machine_id, unit, result)
 
 
-def _too_soon(ctx: ServiceContext, unit: RowMapping, result: DispenseResult) -> bool:
+def _too_soon(ctx: ServiceContext, unit: Row, result: DispenseResult) -> bool:
     """A motor that ran durationMs cannot report sooner than that after the command left."""
     sent: datetime | None = unit["dispatched_at"]
     if sent is None or result.duration_ms is None:
@@ -238,7 +255,7 @@ async def _apply(
     ctx: ServiceContext,
     conn: AsyncConnection,
     machine_id: str,
-    unit: RowMapping | None,
+    unit: Row | None,
     result: DispenseResult,
 ) -> ResultOutcome:
     if unit is None or unit["order_id"] != result.order_id or unit["slot_number"] != result.slot:
@@ -274,7 +291,7 @@ async def _late_drop(
     ctx: ServiceContext,
     conn: AsyncConnection,
     machine_id: str,
-    unit: RowMapping,
+    unit: Row,
     result: DispenseResult,
 ) -> ResultOutcome:
     """We gave up (and owe a refund) but the machine says it dropped: it is sold, stock is
@@ -316,7 +333,7 @@ async def _conflict(
     ctx: ServiceContext,
     conn: AsyncConnection,
     machine_id: str,
-    unit: RowMapping,
+    unit: Row,
     result: DispenseResult,
 ) -> ResultOutcome:
     """Two opposite results for one command: the first stands, a human looks."""

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vendhub.adapters.db import fast
 from vendhub.adapters.db.tables import slots, stock_logs
 from vendhub.domain.model import OutOfStock
 from vendhub.services.errors import InvalidRequest, NotFound
@@ -78,20 +79,24 @@ async def release(
     )
 
 
+_CONSUME_RESERVED = fast.Query(
+    lambda: (
+        sa.update(slots)
+        .where(slots.c.id == sa.bindparam("slot_id"))
+        .values(
+            current_stock=slots.c.current_stock - 1,
+            reserved=slots.c.reserved - 1,
+            updated_at=sa.bindparam("now"),
+        )
+    )
+)
+
+
 async def consume_reserved_unit(
     conn: AsyncConnection, slot_id: str, now: datetime, *, order_id: str, dispense_id: str
 ) -> None:
     """A unit dropped: stock −1 and its reservation with it, logged once per dispense."""
-    changed = await conn.execute(
-        sa.update(slots)
-        .where(slots.c.id == slot_id)
-        .values(
-            current_stock=slots.c.current_stock - 1,
-            reserved=slots.c.reserved - 1,
-            updated_at=now,
-        )
-    )
-    if changed.rowcount != 1:
+    if await _CONSUME_RESERVED.count(conn, slot_id=slot_id, now=now) != 1:
         raise NotFound(f"slot {slot_id} not found")
     await _log_from_slot(
         conn,
@@ -118,27 +123,42 @@ async def _log_from_slot(
 ) -> None:
     """The log row of a change this transaction just made to the slot, its counts read from
     the (updated, locked) row by the INSERT itself: no separate read."""
+    await _LOG_FROM_SLOT.count(
+        conn,
+        b_slot=slot_id,
+        b_type=change_type.value,
+        b_change=change,
+        b_reason=reason,
+        b_now=now,
+        b_order=order_id,
+        b_dispense=dispense_id,
+    )
+
+
+def _log_from_slot_insert() -> sa.Insert:
     c = stock_logs.c
+    change = sa.bindparam("b_change", type_=c.quantity_change.type)
     values: list[tuple[sa.Column[Any], sa.ColumnElement[Any]]] = [
         (c.machine_id, slots.c.machine_id),
         (c.slot_id, slots.c.id),
         (c.slot_number, slots.c.slot_number),
         (c.product_id, slots.c.product_id),
-        (c.change_type, sa.literal(change_type.value, c.change_type.type)),
-        (c.quantity_change, sa.literal(change, c.quantity_change.type)),
+        (c.change_type, sa.bindparam("b_type", type_=c.change_type.type)),
+        (c.quantity_change, change),
         (c.stock_before, slots.c.current_stock - change),
         (c.stock_after, slots.c.current_stock),
-        (c.reason, sa.literal(reason, c.reason.type)),
-        (c.created_at, sa.literal(now, c.created_at.type)),
-        (c.order_id, sa.literal(order_id, c.order_id.type)),
-        (c.dispense_id, sa.literal(dispense_id, c.dispense_id.type)),
+        (c.reason, sa.bindparam("b_reason", type_=c.reason.type)),
+        (c.created_at, sa.bindparam("b_now", type_=c.created_at.type)),
+        (c.order_id, sa.bindparam("b_order", type_=c.order_id.type)),
+        (c.dispense_id, sa.bindparam("b_dispense", type_=c.dispense_id.type)),
     ]
-    await conn.execute(
-        sa.insert(stock_logs).from_select(
-            [col for col, _ in values],
-            sa.select(*(v for _, v in values)).where(slots.c.id == slot_id),
-        )
+    return sa.insert(stock_logs).from_select(
+        [col for col, _ in values],
+        sa.select(*(v for _, v in values)).where(slots.c.id == sa.bindparam("b_slot")),
     )
+
+
+_LOG_FROM_SLOT = fast.Query(_log_from_slot_insert)
 
 
 async def consume_late_unit(
