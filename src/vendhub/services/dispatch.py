@@ -460,8 +460,8 @@ async def settle_unit(
     await _after_settling(ctx, conn, unit, dropped=dropped, error=error, now=now)
 
 
-_SETTLE_IN_FLIGHT = fast.Query(
-    lambda: (
+def _settle_in_flight_update() -> sa.Update:
+    return (
         sa.update(dispenses)
         .where(
             dispenses.c.id == sa.bindparam("b_id"),
@@ -483,9 +483,28 @@ _SETTLE_IN_FLIGHT = fast.Query(
                 )
             }
         )
-        .returning(*dispenses.c)
     )
-)
+
+
+def _commands_closed(settled: sa.CTE) -> sa.CTE:
+    """Its commands are done: the publisher's deferred mark (if still pending) is no longer
+    needed, and the poll never sends a settled unit's command again."""
+    return (
+        sa.update(outbox)
+        .where(outbox.c.dispense_id == settled.c.id, outbox.c.published_at.is_(None))
+        .values(published_at=sa.bindparam("b_completed_at", type_=outbox.c.published_at.type))
+        .cte("closed")
+    )
+
+
+def _settle_and_close() -> sa.Select[Any]:
+    settled = _settle_in_flight_update().returning(*dispenses.c).cte("settled")
+    return sa.select(settled).add_cte(_commands_closed(settled))
+
+
+_SETTLE_IN_FLIGHT = fast.Query(lambda: _settle_in_flight_update().returning(*dispenses.c))
+# PostgreSQL: the unit settled and its outbox rows closed in one statement.
+_SETTLE_IN_FLIGHT_AND_CLOSE = fast.Query(_settle_and_close)
 
 
 async def settle_in_flight(
@@ -511,7 +530,8 @@ async def settle_in_flight(
     now = ctx.clock()
     new = UnitStatus.DROPPED if dropped else UnitStatus.FAILED
     check_unit_transition(UnitStatus.IN_FLIGHT, new)
-    unit = await _SETTLE_IN_FLIGHT.first(
+    closes = fast.writes_in_ctes(conn)
+    unit = await (_SETTLE_IN_FLIGHT_AND_CLOSE if closes else _SETTLE_IN_FLIGHT).first(
         conn,
         b_id=command_id,
         b_machine=machine_id,
@@ -530,7 +550,9 @@ async def settle_in_flight(
         },
     )
     if unit is not None:
-        await _after_settling(ctx, conn, unit, dropped=dropped, error=error, now=now)
+        await _after_settling(
+            ctx, conn, unit, dropped=dropped, error=error, now=now, commands_closed=closes
+        )
     return unit
 
 
@@ -551,10 +573,12 @@ async def _after_settling(
     dropped: bool,
     error: str | None,
     now: datetime,
+    commands_closed: bool = False,
 ) -> None:
     # Its commands are done: the publisher's deferred mark (if still pending) is no longer
     # needed, and the poll never sends a settled unit's command again.
-    await _CLOSE_COMMANDS.count(conn, unit_id=unit["id"], now=now)
+    if not commands_closed:
+        await _CLOSE_COMMANDS.count(conn, unit_id=unit["id"], now=now)
     # The publish is marked later (or never, see above): the dispatch is the closest time.
     sent_at = unit["command_sent_at"] or unit["dispatched_at"]
     ctx.unit_settled(dropped, (now - sent_at).total_seconds() if sent_at else None)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -80,21 +80,42 @@ def hand_off(ctx: ServiceContext, items: list[OutboxItem]) -> None:
         ctx.hand_off(items)
 
 
-_INSERT = fast.Query(
-    lambda: sa.insert(outbox),
-    columns=(
-        "kind",
-        "machine_id",
-        "topic",
-        "payload",
-        "qos",
-        "retain",
-        "dispense_id",
-        "created_at",
-        "published_at",
-        "claimed_until",
-    ),
+_COLUMNS = (
+    "kind",
+    "machine_id",
+    "topic",
+    "payload",
+    "qos",
+    "retain",
+    "dispense_id",
+    "created_at",
+    "published_at",
+    "claimed_until",
 )
+_INSERT = fast.Query(lambda: sa.insert(outbox), columns=_COLUMNS)
+_INSERT_ALONG: dict[tuple[str, tuple[str, ...]], fast.Query] = {}
+
+
+def _insert_along(table: sa.Table, columns: tuple[str, ...]) -> fast.Query:
+    """The outbox row and a row of `table` in one statement (PostgreSQL: an INSERT in WITH);
+    the outbox row's parameters are named `o_<column>`, the other row's `w_<column>`."""
+    key = (table.name, columns)
+    query = _INSERT_ALONG.get(key)
+    if query is None:
+        along = (
+            sa.insert(table)
+            .values({c: sa.bindparam(f"w_{c}", type_=table.c[c].type) for c in columns})
+            .cte(f"along_{table.name}")
+        )
+        query = _INSERT_ALONG[key] = fast.Query(
+            lambda: (
+                sa.insert(outbox)
+                .values({c: sa.bindparam(f"o_{c}", type_=outbox.c[c].type) for c in _COLUMNS})
+                .add_cte(along)
+                .returning(outbox.c.id)
+            )
+        )
+    return query
 
 
 async def enqueue(
@@ -105,7 +126,10 @@ async def enqueue(
     now: datetime,
     *,
     dispense_id: str | None = None,
+    along: tuple[sa.Table, Mapping[str, Any]] | None = None,
 ) -> None:
+    """`along`: a row of another table written by the same statement (PostgreSQL only, see
+    `fast.writes_in_ctes`)."""
     if isinstance(message, MachineConfig):
         kind, kind_topic, retain = OutboxKind.CONFIG, TopicKind.CONFIG, True
     else:
@@ -118,8 +142,7 @@ async def enqueue(
     # (crash, broker away), the device re-publishes its result until acked (device obligation
     # 3) and the duplicate result is acked again. Without a hand-off the poll sends it.
     premarked = collected is not None and kind is OutboxKind.ACK
-    row_id = await _INSERT.insert_id(
-        conn,
+    values = dict(
         kind=kind.value,
         machine_id=machine_id,
         topic=row_topic,
@@ -136,6 +159,15 @@ async def enqueue(
             else None
         ),
     )
+    if along is None:
+        row_id = await _INSERT.insert_id(conn, **values)
+    else:
+        table, row = along
+        row_id = await _insert_along(table, tuple(row)).insert_id(
+            conn,
+            **{f"o_{c}": v for c, v in values.items()},
+            **{f"w_{c}": v for c, v in row.items()},
+        )
     if collected is None:
         return
     if row_id is None:

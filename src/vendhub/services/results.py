@@ -136,27 +136,33 @@ async def _apply_and_record(
             outcome = await _apply(ctx, conn, machine_id, unit, result)
     else:
         unit, outcome = await _apply_without_command_id(ctx, conn, machine_id, result, fingerprint)
-    await _RECORD.count(
+    record = {
+        "machine_id": machine_id,
+        "command_id": result.command_id,
+        "order_id": result.order_id,
+        "slot_number": result.slot,
+        "outcome": outcome.value,
+        "payload": raw,
+        "received_at": ctx.clock(),
+        "dispense_id": unit["id"] if unit is not None else None,
+        "fingerprint": fingerprint,
+    }
+    if unit is None or outcome in (ResultOutcome.UNKNOWN, ResultOutcome.COPY):
+        await _RECORD.count(conn, **record)
+        return outcome
+    # Acknowledged only once the outcome is committed (this transaction); on PostgreSQL the
+    # ack's outbox row and the result's audit row are one statement.
+    along = (dispense_results, record) if fast.writes_in_ctes(conn) else None
+    if along is None:
+        await _RECORD.count(conn, **record)
+    await enqueue(
         conn,
-        machine_id=machine_id,
-        command_id=result.command_id,
-        order_id=result.order_id,
-        slot_number=result.slot,
-        outcome=outcome.value,
-        payload=raw,
-        received_at=ctx.clock(),
-        dispense_id=unit["id"] if unit is not None else None,
-        fingerprint=fingerprint,
+        ctx.tunables.topic_prefix,
+        machine_id,
+        AckCommand(command_id=unit["id"]),
+        ctx.clock(),
+        along=along,
     )
-    if unit is not None and outcome not in (ResultOutcome.UNKNOWN, ResultOutcome.COPY):
-        # Acknowledged only once the outcome is committed (this transaction).
-        await enqueue(
-            conn,
-            ctx.tunables.topic_prefix,
-            machine_id,
-            AckCommand(command_id=unit["id"]),
-            ctx.clock(),
-        )
     return outcome
 
 

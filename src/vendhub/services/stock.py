@@ -96,6 +96,21 @@ async def consume_reserved_unit(
     conn: AsyncConnection, slot_id: str, now: datetime, *, order_id: str, dispense_id: str
 ) -> None:
     """A unit dropped: stock −1 and its reservation with it, logged once per dispense."""
+    reason = f"dispensed for order {order_id}"
+    if fast.writes_in_ctes(conn):
+        logged = await _CONSUME_RESERVED_AND_LOG.count(
+            conn,
+            b_slot=slot_id,
+            b_type=ChangeType.DISPENSE.value,
+            b_change=-1,
+            b_reason=reason,
+            b_now=now,
+            b_order=order_id,
+            b_dispense=dispense_id,
+        )
+        if logged != 1:
+            raise NotFound(f"slot {slot_id} not found")
+        return
     if await _CONSUME_RESERVED.count(conn, slot_id=slot_id, now=now) != 1:
         raise NotFound(f"slot {slot_id} not found")
     await _log_from_slot(
@@ -104,7 +119,7 @@ async def consume_reserved_unit(
         ChangeType.DISPENSE,
         -1,
         now,
-        f"dispensed for order {order_id}",
+        reason,
         order_id=order_id,
         dispense_id=dispense_id,
     )
@@ -135,30 +150,55 @@ async def _log_from_slot(
     )
 
 
-def _log_from_slot_insert() -> sa.Insert:
+def _log_from_slot_insert(slot: sa.TableClause | sa.CTE = slots) -> sa.Insert:
+    """INSERT … SELECT of the log row from `slot`: the slot table (the row this transaction
+    just updated, by id), or the RETURNING of that update as a CTE (PostgreSQL)."""
     c = stock_logs.c
     change = sa.bindparam("b_change", type_=c.quantity_change.type)
     values: list[tuple[sa.Column[Any], sa.ColumnElement[Any]]] = [
-        (c.machine_id, slots.c.machine_id),
-        (c.slot_id, slots.c.id),
-        (c.slot_number, slots.c.slot_number),
-        (c.product_id, slots.c.product_id),
+        (c.machine_id, slot.c.machine_id),
+        (c.slot_id, slot.c.id),
+        (c.slot_number, slot.c.slot_number),
+        (c.product_id, slot.c.product_id),
         (c.change_type, sa.bindparam("b_type", type_=c.change_type.type)),
         (c.quantity_change, change),
-        (c.stock_before, slots.c.current_stock - change),
-        (c.stock_after, slots.c.current_stock),
+        (c.stock_before, slot.c.current_stock - change),
+        (c.stock_after, slot.c.current_stock),
         (c.reason, sa.bindparam("b_reason", type_=c.reason.type)),
         (c.created_at, sa.bindparam("b_now", type_=c.created_at.type)),
         (c.order_id, sa.bindparam("b_order", type_=c.order_id.type)),
         (c.dispense_id, sa.bindparam("b_dispense", type_=c.dispense_id.type)),
     ]
-    return sa.insert(stock_logs).from_select(
-        [col for col, _ in values],
-        sa.select(*(v for _, v in values)).where(slots.c.id == sa.bindparam("b_slot")),
+    select = sa.select(*(v for _, v in values))
+    if slot is slots:
+        select = select.where(slots.c.id == sa.bindparam("b_slot"))
+    return sa.insert(stock_logs).from_select([col for col, _ in values], select)
+
+
+def _consume_reserved_and_log() -> sa.Insert:
+    changed = (
+        sa.update(slots)
+        .where(slots.c.id == sa.bindparam("b_slot"))
+        .values(
+            current_stock=slots.c.current_stock - 1,
+            reserved=slots.c.reserved - 1,
+            updated_at=sa.bindparam("b_now"),
+        )
+        .returning(
+            slots.c.id,
+            slots.c.machine_id,
+            slots.c.slot_number,
+            slots.c.product_id,
+            slots.c.current_stock,
+        )
+        .cte("changed")
     )
+    return _log_from_slot_insert(changed)
 
 
 _LOG_FROM_SLOT = fast.Query(_log_from_slot_insert)
+# PostgreSQL: the decrement and its log row in one statement (one row logged = one changed).
+_CONSUME_RESERVED_AND_LOG = fast.Query(_consume_reserved_and_log)
 
 
 async def consume_late_unit(

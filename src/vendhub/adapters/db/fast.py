@@ -165,6 +165,12 @@ class Query:
         return self._compiled
 
 
+def writes_in_ctes(conn: AsyncConnection) -> bool:
+    """Whether this database runs INSERT/UPDATE inside WITH (PostgreSQL): then several writes
+    that depend on nothing read in between go in one statement."""
+    return conn.dialect.name == "postgresql"
+
+
 def _adapter(conn: AsyncConnection) -> Any:
     """SQLAlchemy's adapter of the asyncpg connection under `conn`, if this is PostgreSQL
     inside a transaction."""
