@@ -102,18 +102,9 @@ def _insert_along(table: sa.Table, columns: tuple[str, ...]) -> fast.Query:
     key = (table.name, columns)
     query = _INSERT_ALONG.get(key)
     if query is None:
-        along = (
-            sa.insert(table)
-            .values({c: sa.bindparam(f"w_{c}", type_=table.c[c].type) for c in columns})
-            .cte(f"along_{table.name}")
-        )
+        along = fast.insert_values(table, columns, "w_").cte(f"along_{table.name}")
         query = _INSERT_ALONG[key] = fast.Query(
-            lambda: (
-                sa.insert(outbox)
-                .values({c: sa.bindparam(f"o_{c}", type_=outbox.c[c].type) for c in _COLUMNS})
-                .add_cte(along)
-                .returning(outbox.c.id)
-            )
+            lambda: fast.insert_values(outbox, _COLUMNS, "o_").add_cte(along).returning(outbox.c.id)
         )
     return query
 
@@ -164,9 +155,7 @@ async def enqueue(
     else:
         table, row = along
         row_id = await _insert_along(table, tuple(row)).insert_id(
-            conn,
-            **{f"o_{c}": v for c, v in values.items()},
-            **{f"w_{c}": v for c, v in row.items()},
+            conn, **fast.prefixed("o_", values), **fast.prefixed("w_", row)
         )
     if collected is None:
         return

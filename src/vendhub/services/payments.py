@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from functools import partial
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -107,39 +108,57 @@ async def _store_and_apply(ctx: ServiceContext, note: Notification) -> Outcome:
                 f"gross_amount {note.gross_amount} does not match the order total "
                 f"{order['total_amount']}"
             )
+        if (
+            note.status is PaymentStatus.PAID
+            and order["status"] == OrderStatus.PENDING.value
+            and fast.writes_in_ctes(conn)
+        ):
+            # The common notification, on PostgreSQL: the ledger's receipt, the payment row
+            # and the notification in one statement, then the units.
+            await _PAY_PENDING.count(
+                conn,
+                **fast.prefixed("r_", _receipt(ctx, order, note)),
+                **fast.prefixed("n_", _notification(note, Outcome.PAID, now)),
+                **_payment_values(order["id"], note, now),
+            )
+            await _create_paid_units(ctx, conn, order, items, now)
+            return Outcome.PAID
         outcome = await _apply(ctx, conn, order, note, items)
         # Stored last, with its outcome (one statement): a copy of a stored notification
         # fails here on the unique key and rolls back everything it would have done.
-        await _STORE_NOTIFICATION.count(
-            conn,
-            order_id=note.order_id,
-            transaction_id=note.dedup_id,
-            transaction_status=note.transaction_status,
-            source=note.source,
-            fraud_status=note.fraud_status,
-            status_code=note.status_code,
-            gross_amount=note.gross_amount,
-            outcome=outcome.value,
-            raw=note.raw,
-            received_at=now,
-        )
+        await _STORE_NOTIFICATION.count(conn, **_notification(note, outcome, now))
     return outcome
 
 
+def _notification(note: Notification, outcome: Outcome, now: datetime) -> dict[str, Any]:
+    return {
+        "order_id": note.order_id,
+        "transaction_id": note.dedup_id,
+        "transaction_status": note.transaction_status,
+        "source": note.source,
+        "fraud_status": note.fraud_status,
+        "status_code": note.status_code,
+        "gross_amount": note.gross_amount,
+        "outcome": outcome.value,
+        "raw": note.raw,
+        "received_at": now,
+    }
+
+
+_NOTIFICATION_COLUMNS = (
+    "order_id",
+    "transaction_id",
+    "transaction_status",
+    "source",
+    "fraud_status",
+    "status_code",
+    "gross_amount",
+    "outcome",
+    "raw",
+    "received_at",
+)
 _STORE_NOTIFICATION = fast.Query(
-    lambda: sa.insert(payment_notifications),
-    columns=(
-        "order_id",
-        "transaction_id",
-        "transaction_status",
-        "source",
-        "fraud_status",
-        "status_code",
-        "gross_amount",
-        "outcome",
-        "raw",
-        "received_at",
-    ),
+    lambda: sa.insert(payment_notifications), columns=_NOTIFICATION_COLUMNS
 )
 _RECEIPT_COLUMNS = (
     "id",
@@ -152,8 +171,10 @@ _RECEIPT_COLUMNS = (
     "received_at",
 )
 _STORE_RECEIPT = fast.Query(lambda: sa.insert(payment_receipts), columns=_RECEIPT_COLUMNS)
-_RECORD_PAYMENT = fast.Query(
-    lambda: (
+
+
+def _record_payment_update() -> sa.Update:
+    return (
         sa.update(payments)
         .where(payments.c.order_id == sa.bindparam("b_order"), payments.c.paid_at.is_(None))
         .values(
@@ -162,6 +183,20 @@ _RECORD_PAYMENT = fast.Query(
             payment_type=sa.bindparam("b_type"),
             paid_at=sa.bindparam("b_now"),
             updated_at=sa.bindparam("b_now"),
+        )
+    )
+
+
+_RECORD_PAYMENT = fast.Query(_record_payment_update)
+# PostgreSQL: receipt, notification and payment row of a PENDING order paid, one statement.
+_PAY_PENDING = fast.Query(
+    lambda: (
+        _record_payment_update()
+        .add_cte(fast.insert_values(payment_receipts, _RECEIPT_COLUMNS, "r_").cte("receipt"))
+        .add_cte(
+            fast.insert_values(payment_notifications, _NOTIFICATION_COLUMNS, "n_").cte(
+                "notification"
+            )
         )
     )
 )
@@ -241,7 +276,13 @@ async def _record_receipt(
         )
         if exists is not None:
             return None
-    receipt = {
+    receipt = _receipt(ctx, order, note)
+    await _STORE_RECEIPT.count(conn, **receipt)
+    return str(receipt["id"])
+
+
+def _receipt(ctx: ServiceContext, order: Row, note: Notification) -> dict[str, Any]:
+    return {
         "id": new_id(),
         "order_id": order["id"],
         "transaction_id": note.transaction_id[:64],
@@ -251,8 +292,6 @@ async def _record_receipt(
         "source": note.source,
         "received_at": ctx.clock(),
     }
-    await _STORE_RECEIPT.count(conn, **receipt)
-    return str(receipt["id"])
 
 
 async def _mark_paid(
@@ -264,6 +303,12 @@ async def _mark_paid(
 ) -> None:
     now = ctx.clock()
     await _record_payment(conn, order["id"], note, now)
+    await _create_paid_units(ctx, conn, order, items, now)
+
+
+async def _create_paid_units(
+    ctx: ServiceContext, conn: AsyncConnection, order: Row, items: list[Row], now: datetime
+) -> None:
     # PENDING → PAID → DISPENSING (or PENDING_DISPENSE) in one write, with the units.
     await create_units(
         ctx,
@@ -280,13 +325,16 @@ async def _record_payment(
     conn: AsyncConnection, order_id: str, note: Notification, now: datetime
 ) -> None:
     """The order's payment (checkout) row shows it paid; the ledger is payment_receipts."""
-    await _RECORD_PAYMENT.count(
-        conn,
-        b_order=order_id,
-        b_transaction=note.transaction_id[:64],
-        b_type=note.payment_type,
-        b_now=now,
-    )
+    await _RECORD_PAYMENT.count(conn, **_payment_values(order_id, note, now))
+
+
+def _payment_values(order_id: str, note: Notification, now: datetime) -> dict[str, Any]:
+    return {
+        "b_order": order_id,
+        "b_transaction": note.transaction_id[:64],
+        "b_type": note.payment_type,
+        "b_now": now,
+    }
 
 
 async def _dispense_late_payment(

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable
@@ -163,6 +164,18 @@ class Query:
         if self._compiled is None:
             self._compiled = _Compiled(self.statement, dialect, self._columns)
         return self._compiled
+
+
+def insert_values(table: sa.Table, columns: Sequence[str], prefix: str) -> sa.Insert:
+    """INSERT of one row whose parameters are named `<prefix><column>` (several INSERTs of
+    one statement, e.g. in WITH, then never share a parameter by accident)."""
+    return sa.insert(table).values(
+        {c: sa.bindparam(f"{prefix}{c}", type_=table.c[c].type) for c in columns}
+    )
+
+
+def prefixed(prefix: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}{k}": v for k, v in row.items()}
 
 
 def writes_in_ctes(conn: AsyncConnection) -> bool:
