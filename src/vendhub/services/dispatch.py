@@ -29,6 +29,7 @@ from vendhub.domain.model import (
 from vendhub.domain.money import rupiah
 from vendhub.protocol.messages import DispenseCommand, PresenceStatus
 from vendhub.services import alerts, refunds, stock
+from vendhub.services import outbox as outbox_rows
 from vendhub.services.context import ServiceContext
 from vendhub.services.errors import Conflict, NotFound
 from vendhub.services.ids import new_id
@@ -263,7 +264,6 @@ async def create_units(
     # NO KEY UPDATE, does not block.)
     machine = await lock_machine(conn, machine_id)
     target = _start_status(ctx, machine)
-    await move_order(conn, order_id, current, target, now, via=via, **order_values)
     in_flight = queued = True
     if machine is not None and machine["status"] not in UNREACHABLE:
         # The same conditions as dispatch_next: is a unit in flight here, or one waiting
@@ -281,10 +281,17 @@ async def create_units(
             expires_at=now + timedelta(seconds=ctx.tunables.command_ttl_s),
             dispatched_at=now,
         )
-    await _INSERT_UNITS.many(conn, rows)
-    if first_unit is not None:
-        await _send(ctx, conn, first_unit, now)
-    elif queued and not in_flight:
+    if rows and fast.writes_in_ctes(conn):
+        # PostgreSQL: the order's move, its units and the first one's command, one statement.
+        await _write_units(
+            ctx, conn, order_id, current, target, now, via, order_values, rows, first_unit
+        )
+    else:
+        await move_order(conn, order_id, current, target, now, via=via, **order_values)
+        await _INSERT_UNITS.many(conn, rows)
+        if first_unit is not None:
+            await _send(ctx, conn, first_unit, now)
+    if first_unit is None and queued and not in_flight:
         await dispatch_next(ctx, conn, machine_id, locked=machine)
 
 
@@ -330,20 +337,104 @@ def _start_status(ctx: ServiceContext, machine: Row | None) -> OrderStatus:
     return OrderStatus.DISPENSING if reachable else OrderStatus.PENDING_DISPENSE
 
 
-async def _send(
-    ctx: ServiceContext, conn: AsyncConnection, unit: Mapping[str, Any], now: datetime
-) -> None:
-    """The dispense command of a unit just put in flight, into the outbox."""
-    command = DispenseCommand(
+def _command(unit: Mapping[str, Any]) -> DispenseCommand:
+    return DispenseCommand(
         command_id=unit["id"],
         order_id=unit["order_id"],
         slot=unit["slot_number"],
         timeout_ms=unit["timeout_ms"],
         expires_at=int(unit["expires_at"].timestamp()),
     )
+
+
+async def _send(
+    ctx: ServiceContext, conn: AsyncConnection, unit: Mapping[str, Any], now: datetime
+) -> None:
+    """The dispense command of a unit just put in flight, into the outbox."""
     await enqueue(
-        conn, ctx.tunables.topic_prefix, unit["machine_id"], command, now, dispense_id=unit["id"]
+        conn,
+        ctx.tunables.topic_prefix,
+        unit["machine_id"],
+        _command(unit),
+        now,
+        dispense_id=unit["id"],
     )
+
+
+_WRITE_UNITS: dict[tuple[int, bool, tuple[str, ...]], fast.Query] = {}
+
+
+def _units_written(units: int, sends: bool, extra: tuple[str, ...]) -> sa.Select[Any]:
+    """One statement (PostgreSQL, writes in WITH): the order's conditional status UPDATE (as
+    `move_order`), `units` dispense rows, and (`sends`) the first one's outbox row; returns
+    how many orders moved (1, or 0 if the order changed under its lock) and the outbox id."""
+    moved = (
+        _move_order_query(extra).statement.returning(orders.c.id)  # type: ignore[attr-defined]
+    ).cte("moved")
+    unit_rows = (
+        sa.insert(dispenses)
+        .values(
+            [
+                {c: sa.bindparam(f"u{n}_{c}", type_=dispenses.c[c].type) for c in _UNIT_COLUMNS}
+                for n in range(units)
+            ]
+        )
+        .cte("units")
+    )
+    answer = [sa.select(sa.func.count()).select_from(moved).scalar_subquery().label("moved")]
+    if sends:
+        sent = (
+            fast.insert_values(outbox, outbox_rows.COLUMNS, "o_").returning(outbox.c.id).cte("sent")
+        )
+        answer.append(sa.select(sent.c.id).scalar_subquery().label("outbox_id"))
+    return sa.select(*answer).add_cte(unit_rows)
+
+
+async def _write_units(
+    ctx: ServiceContext,
+    conn: AsyncConnection,
+    order_id: str,
+    current: OrderStatus,
+    target: OrderStatus,
+    now: datetime,
+    via: OrderStatus | None,
+    order_values: Mapping[str, Any],
+    rows: list[dict[str, Any]],
+    first_unit: Mapping[str, Any] | None,
+) -> None:
+    steps = [current, target] if via is None else [current, via, target]
+    for old, nxt in itertools.pairwise(steps):
+        check_order_transition(old, nxt)
+    extra = tuple(sorted(order_values))
+    key = (len(rows), first_unit is not None, extra)
+    query = _WRITE_UNITS.get(key)
+    if query is None:
+        query = _WRITE_UNITS[key] = fast.Query(partial(_units_written, *key))
+    params: dict[str, Any] = {
+        "b_id": order_id,
+        "b_current": current.value,
+        "b_new": target.value,
+        "b_now": now,
+        **{f"b_{k}": v for k, v in order_values.items()},
+    }
+    for n, row in enumerate(rows):
+        params.update(fast.prefixed(f"u{n}_", row))
+    command = None
+    if first_unit is not None:
+        command = outbox_rows.prepare(
+            ctx.tunables.topic_prefix,
+            first_unit["machine_id"],
+            _command(first_unit),
+            now,
+            dispense_id=first_unit["id"],
+        )
+        params.update(fast.prefixed("o_", command.values))
+    written = await query.first(conn, **params)
+    if written is None or written["moved"] != 1:
+        raise RuntimeError(f"order {order_id} changed under a lock")
+    if command is not None:
+        command.written(written["outbox_id"])
+    log.info("order %s %s", order_id, " → ".join(s.value for s in steps))
 
 
 _INFLIGHT = dispenses.alias("inflight")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -80,7 +80,7 @@ def hand_off(ctx: ServiceContext, items: list[OutboxItem]) -> None:
         ctx.hand_off(items)
 
 
-_COLUMNS = (
+COLUMNS = (
     "kind",
     "machine_id",
     "topic",
@@ -92,7 +92,7 @@ _COLUMNS = (
     "published_at",
     "claimed_until",
 )
-_INSERT = fast.Query(lambda: sa.insert(outbox), columns=_COLUMNS)
+_INSERT = fast.Query(lambda: sa.insert(outbox), columns=COLUMNS)
 _INSERT_ALONG: dict[tuple[str, tuple[str, ...]], fast.Query] = {}
 
 
@@ -104,7 +104,7 @@ def _insert_along(table: sa.Table, columns: tuple[str, ...]) -> fast.Query:
     if query is None:
         along = fast.insert_values(table, columns, "w_").cte(f"along_{table.name}")
         query = _INSERT_ALONG[key] = fast.Query(
-            lambda: fast.insert_values(outbox, _COLUMNS, "o_").add_cte(along).returning(outbox.c.id)
+            lambda: fast.insert_values(outbox, COLUMNS, "o_").add_cte(along).returning(outbox.c.id)
         )
     return query
 
@@ -121,6 +121,43 @@ async def enqueue(
 ) -> None:
     """`along`: a row of another table written by the same statement (PostgreSQL only, see
     `fast.writes_in_ctes`)."""
+    row = prepare(prefix, machine_id, message, now, dispense_id=dispense_id)
+    if along is None:
+        row_id = await _INSERT.insert_id(conn, **row.values)
+    else:
+        table, other = along
+        row_id = await _insert_along(table, tuple(other)).insert_id(
+            conn, **fast.prefixed("o_", row.values), **fast.prefixed("w_", other)
+        )
+    row.written(row_id)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """An outbox row about to be written by the caller's statement (`values`, by column);
+    `written(id)` once it is, to hand it off after the commit."""
+
+    values: dict[str, Any]
+    item: OutboxItem | None
+
+    def written(self, row_id: object) -> None:
+        if self.item is None:
+            return
+        if row_id is None:
+            raise RuntimeError("outbox insert returned no id")
+        collected = _collecting.get()
+        assert collected is not None
+        collected.append(replace(self.item, id=int(row_id)))  # type: ignore[call-overload]
+
+
+def prepare(
+    prefix: str,
+    machine_id: str,
+    message: DispenseCommand | AckCommand | SyncCommand | MachineConfig,
+    now: datetime,
+    *,
+    dispense_id: str | None = None,
+) -> Prepared:
     if isinstance(message, MachineConfig):
         kind, kind_topic, retain = OutboxKind.CONFIG, TopicKind.CONFIG, True
     else:
@@ -133,7 +170,7 @@ async def enqueue(
     # (crash, broker away), the device re-publishes its result until acked (device obligation
     # 3) and the duplicate result is acked again. Without a hand-off the poll sends it.
     premarked = collected is not None and kind is OutboxKind.ACK
-    values = dict(
+    values: dict[str, Any] = dict(
         kind=kind.value,
         machine_id=machine_id,
         topic=row_topic,
@@ -150,20 +187,12 @@ async def enqueue(
             else None
         ),
     )
-    if along is None:
-        row_id = await _INSERT.insert_id(conn, **values)
-    else:
-        table, row = along
-        row_id = await _insert_along(table, tuple(row)).insert_id(
-            conn, **fast.prefixed("o_", values), **fast.prefixed("w_", row)
-        )
     if collected is None:
-        return
-    if row_id is None:
-        raise RuntimeError("outbox insert returned no id")
-    collected.append(
+        return Prepared(values, None)
+    return Prepared(
+        values,
         OutboxItem(
-            int(row_id),
+            0,
             kind,
             machine_id,
             row_topic,
@@ -175,5 +204,5 @@ async def enqueue(
             order_id=message.order_id if isinstance(message, DispenseCommand) else None,
             premarked=premarked,
             acks=message.command_id if isinstance(message, AckCommand) else None,
-        )
+        ),
     )
