@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vendhub.adapters.db import fast
 from vendhub.adapters.db.tables import (
     dispenses,
     machines,
@@ -108,34 +109,95 @@ async def place_order(
                     "quantity": quantity,
                 }
             )
-        await conn.execute(
-            sa.insert(orders).values(
-                id=order_id,
-                machine_id=machine_id,
-                status=OrderStatus.PENDING.value,
-                total_amount=total,
-                customer_phone=customer_phone,
-                payment_method=payment_method,
-                client_key=origin.client_key if origin else None,
-                access_token_hash=origin.access_token_hash if origin else None,
-                expires_at=now + timedelta(seconds=ctx.tunables.order_ttl_s),
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        await conn.execute(sa.insert(order_items), items)
-        await conn.execute(
-            sa.insert(payments).values(
-                id=new_id(),
-                order_id=order_id,
-                provider=provider,
-                status=PaymentStatus.PENDING.value,
-                amount=total,
-                created_at=now,
-                updated_at=now,
-            )
-        )
+        order = {
+            "id": order_id,
+            "machine_id": machine_id,
+            "status": OrderStatus.PENDING.value,
+            "total_amount": total,
+            "customer_phone": customer_phone,
+            "payment_method": payment_method,
+            "client_key": origin.client_key if origin else None,
+            "access_token_hash": origin.access_token_hash if origin else None,
+            "expires_at": now + timedelta(seconds=ctx.tunables.order_ttl_s),
+            "created_at": now,
+            "updated_at": now,
+        }
+        payment = {
+            "id": new_id(),
+            "order_id": order_id,
+            "provider": provider,
+            "status": PaymentStatus.PENDING.value,
+            "amount": total,
+            "created_at": now,
+            "updated_at": now,
+        }
+        await _write_order(conn, order, items, payment)
     return PlacedOrder(order_id, total, payment_method, customer_phone, items)
+
+
+_ORDER_COLUMNS = (
+    "id",
+    "machine_id",
+    "status",
+    "total_amount",
+    "customer_phone",
+    "payment_method",
+    "client_key",
+    "access_token_hash",
+    "expires_at",
+    "created_at",
+    "updated_at",
+)
+_ITEM_COLUMNS = (
+    "id",
+    "order_id",
+    "slot_id",
+    "slot_number",
+    "product_id",
+    "product_name",
+    "unit_price",
+    "quantity",
+)
+_PAYMENT_COLUMNS = ("id", "order_id", "provider", "status", "amount", "created_at", "updated_at")
+_INSERT_ORDER = fast.Query(lambda: sa.insert(orders), columns=_ORDER_COLUMNS)
+_INSERT_ITEMS = fast.Query(lambda: sa.insert(order_items), columns=_ITEM_COLUMNS)
+_INSERT_PAYMENT = fast.Query(lambda: sa.insert(payments), columns=_PAYMENT_COLUMNS)
+_WRITE_ORDER: dict[int, fast.Query] = {}
+
+
+def _order_written(lines: int) -> sa.Insert:
+    """PostgreSQL: the order, its `lines` items and its payment row, one statement."""
+    items = sa.insert(order_items).values(
+        [
+            {c: sa.bindparam(f"i{n}_{c}", type_=order_items.c[c].type) for c in _ITEM_COLUMNS}
+            for n in range(lines)
+        ]
+    )
+    return (
+        fast.insert_values(payments, _PAYMENT_COLUMNS, "p_")
+        .add_cte(fast.insert_values(orders, _ORDER_COLUMNS, "o_").cte("new_order"))
+        .add_cte(items.cte("new_items"))
+    )
+
+
+async def _write_order(
+    conn: AsyncConnection,
+    order: dict[str, Any],
+    items: list[dict[str, Any]],
+    payment: dict[str, Any],
+) -> None:
+    if not fast.writes_in_ctes(conn):
+        await _INSERT_ORDER.count(conn, **order)
+        await _INSERT_ITEMS.many(conn, items)
+        await _INSERT_PAYMENT.count(conn, **payment)
+        return
+    query = _WRITE_ORDER.get(len(items))
+    if query is None:
+        query = _WRITE_ORDER[len(items)] = fast.Query(partial(_order_written, len(items)))
+    params = {**fast.prefixed("o_", order), **fast.prefixed("p_", payment)}
+    for n, item in enumerate(items):
+        params.update(fast.prefixed(f"i{n}_", item))
+    await query.count(conn, **params)
 
 
 @dataclass(frozen=True, slots=True)
