@@ -24,6 +24,8 @@ from vendhub.protocol.messages import (
     SlotLevel,
     SlotReading,
     Telemetry,
+    _check_clean,
+    _no_constant,
     _quick_telemetry,
     _summarise,
     decode_object,
@@ -72,8 +74,24 @@ class TelemetryModel(_Inbound):
         return cls.model_validate(data)
 
 
+_OLD_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def old_decode_object(payload: bytes) -> dict[str, Any]:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise InvalidPayload(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        data = _OLD_DECODER.decode(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidPayload(f"not UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidPayload("payload is not a JSON object")
+    _check_clean(data, 0)
+    return data
+
+
 def old_parse_telemetry(payload: bytes) -> tuple[TelemetryModel, dict[str, Any]]:
-    raw = decode_object(payload)
+    raw = old_decode_object(payload)
     try:
         return TelemetryModel.from_raw(raw), raw
     except ValidationError as exc:
@@ -248,6 +266,31 @@ RAW_PAYLOADS: list[bytes] = [
     b"\xff",
     b"{}",
     b"\xef\xbb\xbf{}",  # a BOM
+    b" {}",
+    b"{} ",
+    b"\t{}\r\n",
+    b"\x0c{}",
+    b"{}\x0c",
+    b"{} {}",
+    b"{}x",
+    b"{}]",
+    b" ",
+    b"  {",
+    b"{,}",
+    b'{"a":1,}',
+    b"{'a':1}",
+    b'{"a" 1}',
+    b'{"a":01}',
+    b'{"a":"\x01"}',  # a control character in a string (strict)
+    b'{"a":"\\x"}',
+    b'{"temperature":4.5}\n',
+    b'\n{"temperature":4.5}',
+    b'{"temperature":4.5} {"temperature":5}',
+    b'{"temperature":4.5}{',
+    b" NaN",
+    b"NaN",
+    b'{"a":NaN} x',
+    b'{"a":' + b"[" * 4000 + b"]" * 4000 + b"}",  # RecursionError
     b'{"temperature":NaN}',
     b'{"temperature":Infinity}',
     b'{"temperature":-Infinity}',
