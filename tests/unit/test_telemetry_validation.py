@@ -82,7 +82,9 @@ def old_decode_object(payload: bytes) -> dict[str, Any]:
         raise InvalidPayload(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
         data = _OLD_DECODER.decode(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except InvalidPayload:
+        raise
+    except (ValueError, RecursionError) as exc:  # the one change since: any ValueError
         raise InvalidPayload(f"not UTF-8 JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidPayload("payload is not a JSON object")
@@ -312,6 +314,7 @@ RAW_PAYLOADS: list[bytes] = [
     b'{"slots":[{"id":1,"level":"LOW"}],"slots":[{"id":2,"level":"HIGH"}]}',
     b'{"temperature":500,"temperature":5}',
     b'{"rssi":1' + b"0" * 400 + b"}",
+    b'{"rssi":' + b"1" * 5000 + b"}",
     b'{"temperature":4.5e1}',
     b'{"temperature":-6e1}',
     b'{"temperature":1.2E2}',

@@ -275,7 +275,11 @@ def _decode(payload: bytes) -> dict[str, Any]:
             # Whitespace around the value, something after it, or no value: decode() decides
             # (and says what is wrong, as ever).
             data = _DECODER.decode(text)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except InvalidPayload:
+        raise  # NaN or ±Infinity (_no_constant)
+    except (ValueError, RecursionError) as exc:
+        # Not UTF-8, not JSON, nested too deep for the scanner, or an integer of more digits
+        # than int() reads (4300): a ValueError that is no JSONDecodeError.
         raise InvalidPayload(f"not UTF-8 JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidPayload("payload is not a JSON object")
