@@ -439,7 +439,7 @@ SLOTS = st.lists(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), JSON_VALUES), SLOTS)
 def test_generated_readings_get_the_same_outcome_as_the_old_path(
     fields: dict[str, Any], slots: list[Any]
