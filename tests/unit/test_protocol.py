@@ -128,6 +128,19 @@ def test_malformed_results_raise_invalid_payload(payload: bytes) -> None:
         parse_result(payload)
 
 
+def test_an_integer_of_more_digits_than_int_reads_is_an_invalid_payload() -> None:
+    digits = b"9" * 5000  # int() reads at most 4300 digits (a plain ValueError beyond)
+    payloads = {
+        parse_telemetry: b'{"rssi":' + digits + b"}",
+        parse_result: b'{"orderId":"O","slot":' + digits + b',"success":true}',
+        parse_status: b'{"status":"ONLINE","x":' + digits + b"}",
+        parse_command: b'{"cmd":"dispense","slot":' + digits + b"}",
+    }
+    for parse, payload in payloads.items():
+        with pytest.raises(InvalidPayload, match="not UTF-8 JSON: Exceeds the limit"):
+            parse(payload)
+
+
 def test_payloads_over_8_kib_are_refused_before_parsing() -> None:
     big = b'{"orderId":"O","slot":1,"success":true,"pad":"' + b"x" * MAX_PAYLOAD_BYTES + b'"}'
     with pytest.raises(InvalidPayload, match="exceeds"):

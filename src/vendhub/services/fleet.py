@@ -23,7 +23,9 @@ from vendhub.services.passes import isolated
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets every field through object.__setattr__
+# (~1.2 µs instead of ~0.3), once per message of a burst. Nothing changes one once built.
+@dataclass(slots=True)
 class TelemetryReading:
     machine_id: str
     received_at: datetime
