@@ -248,8 +248,10 @@ async def apply_status(ctx: ServiceContext, machine_id: str, message: StatusMess
         if sync:
             await enqueue(conn, ctx.tunables.topic_prefix, machine_id, SyncCommand(), now)
         if message.status is PresenceStatus.ONLINE:
-            # Units that waited for this machine go out now (no-op if one is in flight).
-            sync = await dispatch_next(ctx, conn, machine_id) or sync
+            # Units that waited for this machine go out now (no-op if one is in flight). Its
+            # row is locked above, and now ONLINE: no second lock.
+            locked = {**machine, "status": message.status.value}
+            sync = await dispatch_next(ctx, conn, machine_id, locked=locked) or sync
     if sync:
         ctx.wake_outbox()
     return sync
