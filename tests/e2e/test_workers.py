@@ -1,9 +1,10 @@
 """`vendhub serve --workers 2`: one port, two worker processes on PostgreSQL and the real
-Mosquitto; a dead worker is replaced; SIGTERM stops them all."""
+Mosquitto; a dead worker is replaced; SIGTERM stops them all; a second Ctrl-C kills them."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -105,6 +106,45 @@ def test_two_workers_share_one_port_replace_a_dead_one_and_stop_together(
     assert sorted(units) == sorted((order_id, 1, 1) for order_id in orders)
     for key, count in stock.items():
         assert count == expected.get(key, STOCK), key
+
+
+def test_a_second_ctrl_c_kills_the_workers_still_stopping_and_exits_non_zero(
+    postgres_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    machine = machine_name("VMWc")
+    env = server_env(postgres_url, machine)
+    prepare(env, tmp_path, machine)
+    server = Server(env, tmp_path, args=["--workers", "2"])
+    pids: list[int] = []
+    try:
+        server.start()
+        assert server.process is not None
+        api = Api(server.base_url)
+        api.wait(lambda: len(client_ids(server)) == 2, within=40)
+        started = workers(server)
+        pids = [started[0][0], started[1][0]]
+        # Worker 0 is stuck: it cannot act on the supervisor's SIGTERM, so the graceful stop
+        # would wait for it until the shutdown deadline.
+        os.kill(pids[0], signal.SIGSTOP)
+        server.process.send_signal(signal.SIGINT)  # first Ctrl-C: graceful stop
+        # The graceful stop is under way (worker 1 has stopped); worker 0 is still there.
+        api.wait(lambda: not alive(pids[1]), within=40)
+        assert alive(pids[0]) and server.process.poll() is None
+        server.process.send_signal(signal.SIGINT)  # second Ctrl-C: now
+        # Bounded only against a hang: the exit code says the workers were killed on request,
+        # not at the graceful shutdown's deadline (that exits 1).
+        assert server.process.wait(timeout=60) == 128 + signal.SIGINT
+        assert not any(alive(pid) for pid in pids)
+        lines = server.log.read_text().splitlines()
+        assert any("second Ctrl-C: killing 1 worker(s)" in line for line in lines), lines[-5:]
+        assert "supervisor" in lines[-1] and "killed" in lines[-1], lines[-1]
+    finally:
+        for pid in pids:  # never leave a stopped worker behind
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        server.stop()
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import cast
 
@@ -92,3 +93,28 @@ async def test_a_row_that_fails_is_counted_and_logged_and_the_rest_of_the_batch_
         lease.format(3, "ValueError: " + "x" * 300),
         lease.format(4, "RuntimeError: "),
     ]
+
+
+async def test_a_wake_at_the_moment_of_the_cancel_still_stops_the_publisher() -> None:
+    """Container.stop() cancels `run` and waits for it. On Python 3.11 `asyncio.wait_for`
+    returned the woken wait instead of raising the cancellation when both came in the same
+    loop iteration (CPython gh-86296), so `run` polled on and the stop hung for ever; the
+    integration tests that stop a container on MariaDB hung that way now and then."""
+    publisher = OutboxPublisher(
+        cast(ServiceContext, None), cast(MqttClient, RecordingMqtt()), Metrics()
+    )
+    polled = asyncio.Event()
+
+    async def no_rows() -> int:
+        polled.set()
+        return 0
+
+    publisher.publish_pending = no_rows  # type: ignore[method-assign]
+    task = asyncio.create_task(publisher.run())
+    await polled.wait()
+    # `run` now waits for a wake or the next poll; a row committed as the stop begins:
+    publisher.wake()
+    task.cancel()
+    # Bounded only against the hang this is about.
+    done, _ = await asyncio.wait({task}, timeout=10)
+    assert task in done and task.cancelled()

@@ -200,6 +200,9 @@ STABLE_S = 30.0
 START_FAILURES_MAX = 5
 RESTART_BACKOFF_MAX_S = 30.0
 POLL_S = 0.2
+# The supervisor's exit code when a second Ctrl-C killed the workers (128 + SIGINT, as a shell
+# reports a command interrupted by Ctrl-C).
+EXIT_KILLED = 128 + signal.SIGINT
 
 
 def check_workers(settings: Settings, workers: int, *, demo: bool = False) -> None:
@@ -269,7 +272,8 @@ def supervise(settings: Settings, workers: int, *, migrate: bool = False) -> int
     """Bind the HTTP port (one SO_REUSEPORT socket per worker), run `workers` worker
     processes accepting on it, start a new one when one dies (backing off if it keeps dying at
     start), and on SIGTERM/SIGINT stop them all (SIGTERM each, then wait for their graceful
-    shutdown). Returns the exit code."""
+    shutdown); a SIGINT while they stop (a second Ctrl-C) kills them at once. Returns the exit
+    code: 0, 1 when a worker kept failing or did not stop cleanly, EXIT_KILLED when killed."""
     check_workers(settings, workers)
     check_settings(settings)
     if migrate:
@@ -278,12 +282,8 @@ def supervise(settings: Settings, workers: int, *, migrate: bool = False) -> int
     pool = [_Worker(index) for index in range(workers)]
     for worker in pool:  # all bound before any starts: a taken port is one line, here
         worker.sock = _listen(settings)
-    stopping: list[int] = []
-
-    def on_signal(sig: int, _frame: FrameType | None) -> None:
-        stopping.append(sig)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stop = _StopRequest()
+    previous = {sig: signal.signal(sig, stop.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     log.info(
         "supervisor %d: %d workers on http://%s:%d",
         os.getpid(),
@@ -295,27 +295,48 @@ def supervise(settings: Settings, workers: int, *, migrate: bool = False) -> int
     try:
         for worker in pool:
             _spawn(settings, worker)
-        while not stopping:
+        while not stop.requested:
             now = time.monotonic()
             for worker in pool:
                 exited = worker.process is not None and worker.process.poll() is not None
                 if exited and not _schedule_restart(worker, now):
                     code = 1
-                    stopping.append(0)
+                    stop.requested = True
                     break
                 if worker.restart_at is not None and now >= worker.restart_at:
                     _spawn(settings, worker)
             time.sleep(POLL_S)
     finally:
-        if not _stop_all(pool):
-            code = 1
+        stop.requested = True  # from here on, a SIGINT means now
+        stopped = _stop_all(pool, stop)
+        if stopped != 0:
+            code = stopped
         for worker in pool:
             if worker.sock is not None:
                 worker.sock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    log.info("supervisor %d: all workers stopped", os.getpid())
+    if code == EXIT_KILLED:
+        log.warning("supervisor %d: workers killed", os.getpid())
+    else:
+        log.info("supervisor %d: all workers stopped", os.getpid())
     return code
+
+
+@dataclass
+class _StopRequest:
+    """The supervisor's SIGTERM/SIGINT handler. The first asks for a graceful stop; a SIGINT
+    after that, while the workers shut down (an operator's second Ctrl-C), asks for an
+    immediate one. A repeated SIGTERM changes nothing (as in uvicorn: only Ctrl-C forces)."""
+
+    requested: bool = False
+    now: bool = False
+
+    def on_signal(self, sig: int, _frame: FrameType | None) -> None:
+        # Only flags: the supervisor's loops poll them every POLL_S.
+        if self.requested and sig == signal.SIGINT:
+            self.now = True
+        self.requested = True
 
 
 def _spawn(settings: Settings, worker: _Worker) -> None:
@@ -388,25 +409,39 @@ def _schedule_restart(worker: _Worker, now: float) -> bool:
     return True
 
 
-def _stop_all(pool: list[_Worker]) -> bool:
-    """SIGTERM every live worker and wait for it; True when all stopped cleanly (exit 0)."""
-    clean = True
+def _stop_all(pool: list[_Worker], stop: _StopRequest) -> int:
+    """SIGTERM every live worker and wait for them; SIGKILL them all as soon as `stop.now`
+    (a second Ctrl-C), and any that outlives the shutdown deadline. Returns 0 when all stopped
+    cleanly (exit 0), EXIT_KILLED when killed on request, 1 otherwise."""
     live = [w.process for w in pool if w.process is not None and w.process.poll() is None]
+    if not live:
+        return 0
     for process in live:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
+    log.info("stopping %d worker(s) (Ctrl-C again to kill them now)", len(live))
     # Each worker exits by itself within SHUTDOWN_DEADLINE_S (see _Server.handle_exit).
     deadline = time.monotonic() + SHUTDOWN_DEADLINE_S + 5
-    for process in live:
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log.error("worker pid %d did not stop; killing it", process.pid)
-            process.kill()
-            process.wait()
-        if process.returncode != 0:
-            clean = False
-    return clean
+    killed_on_request = False
+    while running := [p for p in live if p.poll() is None]:
+        if stop.now and not killed_on_request:
+            log.warning(
+                "second Ctrl-C: killing %d worker(s) still stopping (pid %s)",
+                len(running),
+                ", ".join(str(p.pid) for p in running),
+            )
+            for process in running:
+                process.kill()
+            killed_on_request = True
+        elif time.monotonic() > deadline:
+            for process in running:
+                log.error("worker pid %d did not stop; killing it", process.pid)
+                process.kill()
+            deadline = float("inf")  # once; SIGKILL cannot be ignored
+        time.sleep(POLL_S)
+    if killed_on_request:
+        return EXIT_KILLED
+    return 0 if all(p.returncode == 0 for p in live) else 1
 
 
 def worker_main() -> None:

@@ -140,8 +140,12 @@ class OutboxPublisher:
                 await self.publish_pending()
             except Exception:
                 log.exception("outbox pass failed; retrying")
+            # asyncio.timeout, not asyncio.wait_for: on Python 3.11 wait_for drops a
+            # cancellation that comes in the same loop iteration as a wake (CPython
+            # gh-86296), and this loop then outlived the Container.stop() awaiting it.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL_S)
+                async with asyncio.timeout(POLL_INTERVAL_S):
+                    await self._wake.wait()
 
     async def publish_pending(self) -> int:
         """Publish every pending row, a batch at a time; stop early if the broker is gone."""

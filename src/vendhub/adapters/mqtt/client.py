@@ -169,7 +169,10 @@ class MqttClient:
         loop = asyncio.get_running_loop()
         deadline = None if within_s is None else loop.time() + within_s
         try:
-            await asyncio.wait_for(self._up.wait(), within_s)
+            # Not asyncio.wait_for: on Python 3.11 it drops a cancellation that comes with
+            # the connection (CPython gh-86296); the outbox publisher waits here.
+            async with asyncio.timeout(within_s):
+                await self._up.wait()
         except TimeoutError:
             return False
         for other in self.companions:

@@ -309,7 +309,8 @@ class StreamSubscriber:
 
     async def wait_connected(self, within_s: float | None = None) -> bool:
         try:
-            await asyncio.wait_for(self._up.wait(), within_s)
+            async with asyncio.timeout(within_s):  # not wait_for: see MqttClient.wait_connected
+                await self._up.wait()
         except TimeoutError:
             return False
         return True
