@@ -380,8 +380,11 @@ class SimulatedMachine:
                 await self._publish_result(result, first=False)
             due = self.logic.next_due()
             delay = BACKOFF_CAP_S if due is None else max(0.0, due - time.time())
+            # asyncio.timeout: Python 3.11's wait_for can drop a cancel that arrives with a
+            # wake (CPython gh-86296), and stopping the machine would then wait forever.
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     async def _telemetry_loop(self) -> None:
         while True:
