@@ -495,6 +495,18 @@ async def dispatch_next(
     return True
 
 
+_SETTLED_COLUMNS = (
+    "status",
+    "inflight_machine",
+    "completed_at",
+    "success",
+    "drop_detected",
+    "duration_ms",
+    "error_message",
+    "next_attempt_at",
+)
+
+
 def _settled_values(
     new: UnitStatus,
     now: datetime,
@@ -561,19 +573,7 @@ def _settle_in_flight_update() -> sa.Update:
             dispenses.c.slot_number == sa.bindparam("b_slot"),
             dispenses.c.status == UnitStatus.IN_FLIGHT.value,
         )
-        .values(
-            {
-                k: sa.bindparam(f"b_{k}")
-                for k in _settled_values(
-                    UnitStatus.FAILED,
-                    datetime.min,
-                    success=None,
-                    drop_detected=None,
-                    duration_ms=None,
-                    error=None,
-                )
-            }
-        )
+        .values({k: sa.bindparam(f"b_{k}") for k in _SETTLED_COLUMNS})
     )
 
 
@@ -628,17 +628,17 @@ async def settle_in_flight(
         b_machine=machine_id,
         b_order=order_id,
         b_slot=slot_number,
-        **{
-            f"b_{k}": v
-            for k, v in _settled_values(
+        **fast.prefixed(
+            "b_",
+            _settled_values(
                 new,
                 now,
                 success=success,
                 drop_detected=drop_detected,
                 duration_ms=duration_ms,
                 error=error,
-            ).items()
-        },
+            ),
+        ),
     )
     if unit is not None:
         await _after_settling(
