@@ -79,17 +79,20 @@ async def release(
     )
 
 
-_CONSUME_RESERVED = fast.Query(
-    lambda: (
+def _consume_reserved_update() -> sa.Update:
+    """Stock −1 and its reservation with it, on the slot `b_slot`."""
+    return (
         sa.update(slots)
-        .where(slots.c.id == sa.bindparam("slot_id"))
+        .where(slots.c.id == sa.bindparam("b_slot"))
         .values(
             current_stock=slots.c.current_stock - 1,
             reserved=slots.c.reserved - 1,
-            updated_at=sa.bindparam("now"),
+            updated_at=sa.bindparam("b_now"),
         )
     )
-)
+
+
+_CONSUME_RESERVED = fast.Query(_consume_reserved_update)
 
 
 async def consume_reserved_unit(
@@ -111,7 +114,7 @@ async def consume_reserved_unit(
         if logged != 1:
             raise NotFound(f"slot {slot_id} not found")
         return
-    if await _CONSUME_RESERVED.count(conn, slot_id=slot_id, now=now) != 1:
+    if await _CONSUME_RESERVED.count(conn, b_slot=slot_id, b_now=now) != 1:
         raise NotFound(f"slot {slot_id} not found")
     await _log_from_slot(
         conn,
@@ -177,13 +180,7 @@ def _log_from_slot_insert(slot: sa.TableClause | sa.CTE = slots) -> sa.Insert:
 
 def _consume_reserved_and_log() -> sa.Insert:
     changed = (
-        sa.update(slots)
-        .where(slots.c.id == sa.bindparam("b_slot"))
-        .values(
-            current_stock=slots.c.current_stock - 1,
-            reserved=slots.c.reserved - 1,
-            updated_at=sa.bindparam("b_now"),
-        )
+        _consume_reserved_update()
         .returning(
             slots.c.id,
             slots.c.machine_id,
